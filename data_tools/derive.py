@@ -1,0 +1,196 @@
+"""Plumbing shared by the derived training sets (long-tail subsets, SMOTE).
+
+A derived dataset differs from its parent only in the train split. Its
+val/test shards are copied byte for byte: the tools that build a derived set
+never decode, sample or write an evaluation record, so nothing learned from
+them can leak into training (the "oversampling before splitting" trap).
+The new directory appears atomically: it is written under a temp name beside
+the output and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from data_tools.writer import Record, write_shards
+from fer_tf import schema
+
+TRAIN = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitArrays:
+    """Every record of one split, decoded, in shard order."""
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int64 [N]
+    ids: np.ndarray  # str [N]
+    soft_labels: np.ndarray  # float32 [N, K]; one-hot when the dataset has no votes
+    synthetic: np.ndarray  # bool [N]
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The shard files of `split`, sorted (their order is the record order)."""
+    return sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
+
+
+def read_split(data_dir: str, split: str, info: Mapping[str, Any] | None = None) -> SplitArrays:
+    """Decodes every record of `split` into numpy arrays.
+
+    Args:
+      data_dir: a converted dataset (shards + dataset_info.json).
+      split: "train", "val" or "test".
+      info: its dataset_info (read from `data_dir` when None).
+
+    Returns:
+      The split's records, in shard order.
+    """
+    info = info or schema.read_dataset_info(data_dir)
+    h, w, c = info["image_shape"]
+    k = len(info["class_names"])
+    parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    ds = tf.data.TFRecordDataset(split_files(data_dir, split))
+    ds = ds.map(
+        lambda s: schema.parse_example(s, info), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    for batch in ds.batch(4096).prefetch(1):
+        for key, value in batch.items():
+            parts[key].append(value.numpy())
+
+    def cat(key: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(parts[key]) if parts[key] else empty
+
+    return SplitArrays(
+        images=cat("image", np.zeros((0, h, w, c), np.uint8)),
+        labels=cat("label", np.zeros(0, np.int64)),
+        ids=np.array([i.decode("utf-8") for i in cat("id", np.zeros(0, object))], dtype=str),
+        soft_labels=cat("soft_label", np.zeros((0, k), np.float32)),
+        synthetic=cat("synthetic", np.zeros(0, np.int64)).astype(bool),
+    )
+
+
+def records_of(arrays: SplitArrays, indices: Iterable[int], keep_soft_labels: bool) -> Iterator[Record]:
+    """Turns decoded train records back into writer Records (ids and flags kept)."""
+    for i in indices:
+        yield Record(
+            split=TRAIN,
+            image_id=str(arrays.ids[i]),
+            image=arrays.images[i],
+            label=int(arrays.labels[i]),
+            soft_label=tuple(arrays.soft_labels[i].tolist()) if keep_soft_labels else None,
+            synthetic=bool(arrays.synthetic[i]),
+        )
+
+
+def _count_synthetic(records: Iterable[Record], counter: collections.Counter) -> Iterator[Record]:
+    # Counted as the writer consumes them: dataset_info describes what was
+    # written without reading the shards back (contract 2).
+    for record in records:
+        counter["synthetic"] += int(bool(record.synthetic))
+        yield record
+
+
+def _copy_split(input_dir: str, output_dir: str, split: str, expected: int) -> None:
+    files = split_files(input_dir, split)
+    if len(files) != expected:
+        raise ValueError(f"{input_dir}: dataset_info says {expected} {split} shards, found {len(files)}")
+    for path in files:
+        shutil.copyfile(path, os.path.join(output_dir, os.path.basename(path)))
+
+
+def write_derived(
+    input_dir: str,
+    output_dir: str,
+    parent_info: Mapping[str, Any],
+    train_records: Iterable[Record],
+    source: Mapping[str, Any],
+    num_shards: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes a dataset whose train split is `train_records`, other splits copied.
+
+    Args:
+      input_dir: the parent dataset.
+      output_dir: the new dataset directory; must not exist unless `overwrite`.
+      parent_info: the parent's dataset_info.
+      train_records: the new training records (Record.split must be "train").
+      source: the new `source` entry of dataset_info.
+      num_shards: train shards (default: as many as the parent's train split).
+      overwrite: replace an existing `output_dir`.
+
+    Returns:
+      The new dataset_info (also written to `output_dir`).
+    """
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not.
+    try:
+        num_shards = num_shards or parent_info["splits"][TRAIN]["num_shards"]
+        synthetic: collections.Counter = collections.Counter()
+        records = _count_synthetic(train_records, synthetic)
+        written = write_shards(records, tmp, TRAIN, num_shards, parent_info["encoding"])
+        for split, entry in parent_info["splits"].items():
+            if split != TRAIN:
+                _copy_split(input_dir, tmp, split, entry["num_shards"])
+        info = _derived_info(parent_info, written, synthetic["synthetic"], num_shards, source)
+        schema.write_dataset_info(tmp, info)
+        _replace_dir(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _derived_info(
+    parent_info: Mapping[str, Any],
+    written: Mapping[int, int],
+    num_synthetic: int,
+    num_shards: int,
+    source: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The parent's dataset_info with the new train entry and `source`."""
+    class_names = parent_info["class_names"]
+    class_counts = {name: int(written.get(k, 0)) for k, name in enumerate(class_names)}
+    splits = {
+        split: {**entry, "num_synthetic": entry.get("num_synthetic", 0)}
+        for split, entry in parent_info["splits"].items()
+    }
+    splits[TRAIN] = {
+        "num_examples": sum(class_counts.values()),
+        "class_counts": class_counts,
+        "num_shards": num_shards,
+        "num_synthetic": num_synthetic,
+    }
+    return schema.make_dataset_info(
+        class_names=class_names,
+        image_shape=parent_info["image_shape"],
+        encoding=parent_info["encoding"],
+        splits={s: splits[s] for s in schema.SPLITS if s in splits},
+        source=source,
+        skipped=parent_info.get("skipped", {}),
+        has_soft_labels=parent_info.get("has_soft_labels", False),
+    )
+
+
+def _replace_dir(tmp: str, output_dir: str) -> None:
+    """Renames `tmp` to `output_dir`, moving an old `output_dir` aside first."""
+    if not os.path.exists(output_dir):
+        os.rename(tmp, output_dir)
+        return
+    old = tempfile.mkdtemp(dir=os.path.dirname(output_dir), prefix=f".{os.path.basename(output_dir)}.old-")
+    os.rename(output_dir, os.path.join(old, "data"))
+    os.rename(tmp, output_dir)
+    shutil.rmtree(old, ignore_errors=True)

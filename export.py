@@ -1,0 +1,91 @@
+"""Exports a training run as a SavedModel and TFLite files (DESIGN.md contract 4).
+
+    python export.py --run=runs/fer2013 --output=export/fer2013 [--fp16] [--noint8]
+        [--parity_threshold=0.98] [--logit_adjust_tau=1.0] [--tta_flip]
+
+Writes saved_model/ (uint8 images of any size in, probabilities/label/class_name
+out), model_float32.tflite, model_int8.tflite (full integer), optionally
+model_float16.tflite, labels.txt and metadata.json. Before anything is written,
+every TFLite file must agree with the SavedModel on the run's validation split;
+otherwise the export is refused (exit code 1) and an existing export stays.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from fer_tf.cli import fail
+
+_RUN = flags.DEFINE_string("run", None, "Training run directory (runs/<name>/).")
+_OUTPUT = flags.DEFINE_string("output", "export", "Export directory; a previous export there is replaced.")
+_INT8 = flags.DEFINE_bool("int8", True, "Write model_int8.tflite (full integer, uint8 in and out).")
+_FP16 = flags.DEFINE_bool("fp16", False, "Also write model_float16.tflite.")
+_PARITY = flags.DEFINE_float(
+    "parity_threshold", 0.98, "Minimum int8 top-1 agreement with the SavedModel on the val split."
+)
+_TAU = flags.DEFINE_float(
+    "logit_adjust_tau", 0.0, "Post-hoc logit adjustment: logits - tau * log(train prior). 0 = off."
+)
+_TTA = flags.DEFINE_bool("tta_flip", False, "Average each image with its mirror image, in every format.")
+_REPRESENTATIVE = flags.DEFINE_integer(
+    "representative_samples", 300, "Training images used to calibrate the int8 model."
+)
+_PARITY_SAMPLES = flags.DEFINE_integer(
+    "parity_samples", None, "Val images for the parity check (default: all)."
+)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the calibration image choice.")
+
+
+def print_summary(metadata: dict, output: str) -> None:
+    print(f"{'variant':<8} {'file':<22} {'bytes':>10} {'top-1 agree':>12} {'max |dp|':>9} {'n':>6}")
+    for variant, result in metadata["parity"].items():
+        size = metadata["tflite_files"][result["file"]]
+        print(
+            f"{variant:<8} {result['file']:<22} {size:>10,d} {result['top1_agreement']:>12.4f} "
+            f"{result['max_abs_diff_prob']:>9.4f} {result['n']:>6d}"
+        )
+    exported = metadata["validation_metrics"]["exported"]["saved_model"]
+    split = metadata["validation_metrics"]["split"]
+    print(
+        f"SavedModel on {split}: accuracy {exported['accuracy']:.4f}  balanced accuracy "
+        f"{exported['balanced_accuracy']:.4f}  macro-F1 {exported['macro_f1']:.4f}  -> {output}"
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    if not _RUN.value:
+        fail("--run is required (a training run directory, e.g. runs/fer2013)", 2)
+    for name in ("run_info.json", "model.keras"):
+        if not os.path.exists(os.path.join(_RUN.value, name)):
+            fail(f"{os.path.join(_RUN.value, name)} not found: is --run a finished training run?", 2)
+    # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
+    from fer_tf import export_lib
+
+    try:
+        metadata = export_lib.export_run(
+            _RUN.value,
+            _OUTPUT.value,
+            int8=_INT8.value,
+            fp16=_FP16.value,
+            parity_threshold=_PARITY.value,
+            logit_adjust_tau=_TAU.value,
+            tta_flip=_TTA.value,
+            representative_samples=_REPRESENTATIVE.value,
+            parity_samples=_PARITY_SAMPLES.value,
+            seed=_SEED.value,
+        )
+    except export_lib.ParityError as err:
+        fail(str(err), 1)
+    except (FileNotFoundError, FileExistsError) as err:  # a missing input or a bad --output
+        fail(str(err), 2)
+    except ValueError as err:  # e.g. a model.keras whose custom layers are not importable
+        fail(str(err), 1)
+    print_summary(metadata, _OUTPUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,185 @@
+"""Expression classifiers for aligned faces: TFLite (no TensorFlow needed) or SavedModel.
+
+Both take uint8 [S, S, C] faces from `fer_tf.inference.align_face` and return
+probabilities [F, K]. The TFLite path runs on LiteRT alone, so edge devices
+need no TensorFlow; TensorFlow is imported only for a SavedModel, or as the
+last interpreter fallback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def default_model_path() -> Path:
+    """The shipped release model: `models/fer2013/` at the repository root."""
+    return Path(__file__).resolve().parents[1] / "models" / "fer2013"
+
+
+def tflite_interpreter(path: str | os.PathLike, num_threads: int = 1):
+    """Returns an allocated TFLite interpreter: LiteRT, else tflite_runtime, else TF."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            import tensorflow as tf
+
+            Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def read_class_names(model_dir: str | os.PathLike) -> list[str] | None:
+    """Class names from `labels.txt` (or `metadata.json`) in `model_dir`, if any."""
+    labels = Path(model_dir) / "labels.txt"
+    if labels.is_file():
+        return [line.strip() for line in labels.read_text().splitlines() if line.strip()]
+    names = _read_metadata(model_dir).get("class_names")
+    return list(names) if names else None
+
+
+def _read_metadata(model_dir) -> dict[str, Any]:
+    path = Path(model_dir) / "metadata.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _as_distribution(values: np.ndarray) -> np.ndarray:
+    """Probabilities as given, renormalised; logits (a model without softmax) get one."""
+    if values.min() < -1e-3 or not 0.8 < values.sum() < 1.2:
+        e = np.exp(values - values.max())
+        return e / e.sum()
+    values = np.clip(values, 0.0, None)
+    return values / max(float(values.sum()), 1e-12)
+
+
+class TFLiteClassifier:
+    """Classifies aligned faces with a `.tflite` model (uint8 [1,S,S,C] input).
+
+    Args:
+      path: the `.tflite` file.
+      num_threads: interpreter threads.
+      class_names: overrides `labels.txt`/`metadata.json` beside the model.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, num_threads: int = 1, class_names: Sequence[str] | None = None
+    ):
+        self.path = Path(path)
+        self._interpreter = tflite_interpreter(self.path, num_threads)
+        inp = self._interpreter.get_input_details()[0]
+        out = self._interpreter.get_output_details()[0]
+        _, self.input_size, _, self.channels = (int(v) for v in inp["shape"])
+        self._input, self._input_dtype = inp["index"], inp["dtype"]
+        self._output, self._output_dtype = out["index"], out["dtype"]
+        self._output_scale, self._output_zero = out["quantization"]
+        k = int(out["shape"][-1])
+        names = class_names or read_class_names(self.path.parent) or [f"class_{i}" for i in range(k)]
+        if len(names) != k:
+            raise ValueError(f"{self.path} has {k} outputs but {len(names)} class names")
+        self.class_names = list(names)
+
+    def predict_faces(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """Returns float32 [F, K] probabilities for uint8 [S, S, C] faces."""
+        probs = np.zeros((len(faces), len(self.class_names)), np.float32)
+        for i, face in enumerate(faces):
+            x = np.asarray(face, np.uint8).reshape(1, self.input_size, self.input_size, self.channels)
+            if self._input_dtype == np.float32:
+                x = x.astype(np.float32) / 255.0  # a float model takes preprocess_for_eval output
+            self._interpreter.set_tensor(self._input, x)
+            self._interpreter.invoke()
+            raw = self._interpreter.get_tensor(self._output)[0].astype(np.float32)
+            if self._output_dtype in (np.int8, np.uint8) and self._output_scale:
+                raw = (raw - self._output_zero) * self._output_scale
+            probs[i] = _as_distribution(raw)
+        return probs
+
+
+class SavedModelClassifier:
+    """Classifies faces with an export dir's SavedModel `serving_default` (needs TF).
+
+    Args:
+      export_dir: an export directory (with `saved_model/`) or a SavedModel dir.
+      class_names: overrides `labels.txt`/`metadata.json` in the export dir.
+    """
+
+    def __init__(self, export_dir: str | os.PathLike, class_names: Sequence[str] | None = None):
+        import tensorflow as tf  # lazy: the TFLite path must run without TF
+
+        root = Path(export_dir)
+        saved = root / "saved_model" if (root / "saved_model").is_dir() else root
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(saved))  # keeps the variables alive
+        self._fn = self._loaded.signatures["serving_default"]
+        self.input_size, self.channels = _input_spec(root)
+        names = class_names or read_class_names(root) or read_class_names(saved)
+        if not names:
+            raise ValueError(f"no labels.txt or metadata.json class_names in {root}")
+        self.class_names = list(names)
+
+    def predict_faces(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """Returns float32 [F, K] probabilities for uint8 [S, S, C] faces."""
+        if len(faces) == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        batch = self._tf.constant(np.stack(faces).astype(np.uint8))
+        return self._fn(images=batch)["probabilities"].numpy().astype(np.float32)
+
+
+def _input_spec(export_dir: Path) -> tuple[int, int]:
+    """(S, C) of the model input from metadata.json, the TFLite file, or 48x48x1."""
+    meta = _read_metadata(export_dir)
+    shape = meta.get("input_shape") or meta.get("input_size") or meta.get("image_size")
+    if isinstance(shape, (list, tuple)) and len(shape) >= 3:
+        return int(shape[-3]), int(shape[-1])
+    if isinstance(shape, int):
+        return shape, int(meta.get("channels", 1))
+    tflite = export_dir / "model_float32.tflite"
+    if tflite.is_file():
+        shape = tflite_interpreter(tflite).get_input_details()[0]["shape"]
+        return int(shape[1]), int(shape[3])
+    return 48, 1
+
+
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def load_classifier(model: str | os.PathLike | None = None, num_threads: int = 1, backend: str = "auto"):
+    """Opens a model: a `.tflite` file, an export dir, or None for the release model.
+
+    Args:
+      model: path, or None for `default_model_path()`.
+      num_threads: TFLite interpreter threads.
+      backend: "auto" (an export dir runs its SavedModel when TensorFlow is
+        installed, else its int8 then float32 TFLite), "saved_model" or "tflite".
+
+    Returns:
+      A `TFLiteClassifier` or `SavedModelClassifier`.
+    """
+    path = Path(model) if model is not None else default_model_path()
+    if not path.exists():
+        if model is None:
+            raise FileNotFoundError(
+                f"the release model {path} is not there yet; pass --model=<export dir or .tflite> "
+                "(make one with export.py --run=runs/<name> --output=export/)"
+            )
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.is_file():
+        return TFLiteClassifier(path, num_threads)
+    has_tf = _tensorflow_installed()
+    has_saved = (path / "saved_model.pb").is_file() or (path / "saved_model" / "saved_model.pb").is_file()
+    if has_saved and backend != "tflite" and (has_tf or backend == "saved_model"):
+        return SavedModelClassifier(path)
+    for name in ("model_int8.tflite", "model_float32.tflite"):
+        if (path / name).is_file() and backend != "saved_model":
+            return TFLiteClassifier(path / name, num_threads)
+    raise FileNotFoundError(f"no usable model in {path} (SavedModel needs TensorFlow; no .tflite found)")

@@ -1,0 +1,46 @@
+"""Small helpers shared by the entry scripts (train.py, study.py, ...).
+
+Nothing here reads flags: the scripts own their flags and pass plain values.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def resolve_flagfiles(argv: Sequence[str], config_dir: str = CONFIG_DIR) -> list[str]:
+    """Lets `--flagfile=fer2013.flags` name a file in `configs/`.
+
+    A flagfile path that exists as given is kept; otherwise `configs/<name>`
+    (and `configs/<name>.flags`) are tried, so the command in the README works
+    from the repository root as typed.
+
+    Args:
+      argv: the command line, e.g. `sys.argv`.
+      config_dir: where the project's flagfiles live.
+
+    Returns:
+      argv with flagfile paths rewritten where a config file was found.
+    """
+    resolved = []
+    for arg in argv:
+        prefix = next((p for p in ("--flagfile=", "-flagfile=") if arg.startswith(p)), None)
+        if prefix:
+            path = arg[len(prefix):]
+            candidates = [path, os.path.join(config_dir, path), os.path.join(config_dir, path + ".flags")]
+            found = next((c for c in candidates if os.path.isfile(c)), None)
+            if found is None:
+                fail(f"flagfile {path!r} not found (looked in . and {config_dir})")
+            arg = prefix + found
+        resolved.append(arg)
+    return resolved
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Prints a one-line error to stderr and exits with `code` (no traceback)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)

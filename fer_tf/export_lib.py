@@ -1,0 +1,549 @@
+"""Export a trained run: SavedModel, TFLite float32/float16/int8, parity gate.
+
+The SavedModel is built with `keras.export.ExportArchive`, because TFLite's
+converter fails on a `tf.Module` that calls a Keras 3 model (DESIGN.md,
+Pitfalls). It has two endpoints sharing one set of weights:
+
+- `serving_default`: uint8 images `[N, H, W, 1|3|4]` of any size; preprocessing
+  (`fer_tf.data.preprocess_for_eval`) happens in the graph; returns
+  `probabilities`, `label` and `class_name` (contract 4).
+- `lite`: uint8 `[1, S, S, C]`, already at model size; the TFLite files are
+  converted from it.
+
+`export_run` writes everything into a temporary directory beside the output
+and renames it only after every TFLite variant agrees with the SavedModel on
+the validation split, so a refused export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# models: importing the registry registers fer_tf's custom layers, so that
+# `model.keras` files that use them load.
+from fer_tf import data, inference, metrics, models, schema  # noqa: F401
+
+SAVED_MODEL_DIR = "saved_model"
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "metadata.json"
+TFLITE_FILES = {
+    "float32": "model_float32.tflite",
+    "float16": "model_float16.tflite",
+    "int8": "model_int8.tflite",
+}
+DEFAULT_PARITY_THRESHOLD = 0.98  # int8 top-1 agreement with the SavedModel
+# Float variants differ from the SavedModel only by rounding, so only near-ties
+# may flip. A parity_threshold below the default relaxes these too (an override).
+FLOAT_PARITY = {"float32": 0.999, "float16": 0.99}
+
+
+class ParityError(RuntimeError):
+    """A TFLite variant disagrees with the SavedModel too often to be shipped."""
+
+
+# ---------------------------------------------------------------- run reading
+
+
+def read_flags(path: str) -> dict[str, str]:
+    """Parses an absl flagfile into {name: value}; `--flag`/`--noflag` give "true"/"false".
+
+    A missing file gives an empty dict.
+    """
+    if not os.path.exists(path):
+        return {}
+    flags = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("--"):
+                continue
+            name, sep, value = line[2:].partition("=")
+            if not sep:
+                # absl writes booleans as --flag / --noflag.
+                value = "false" if name.startswith("no") else "true"
+                name = name[2:] if name.startswith("no") else name
+            flags[name] = value
+    return flags
+
+
+def read_run_info(run_dir: str) -> dict[str, Any]:
+    """Reads and checks `run_info.json` of a run directory.
+
+    Raises:
+      FileNotFoundError: when the run directory or its files are missing.
+      ValueError: when a required key is missing.
+    """
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory {run_dir} not found")
+    path = os.path.join(run_dir, "run_info.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
+    with open(path) as f:
+        info = json.load(f)
+    missing = [k for k in ("data_dir", "class_names", "image_size", "channels") if k not in info]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}")
+    return info
+
+
+def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:
+    """Loads `model.keras` of a run, with fer_tf's custom layers registered.
+
+    Raises:
+      FileNotFoundError: when `model.keras` is missing.
+      ValueError: when the model cannot be deserialized (e.g. a custom layer
+        that is not importable) or its input shape differs from the run's.
+    """
+    path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: has the run finished an epoch?")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises TypeError/ValueError/KeyError here.
+        name = run_info.get("model", "?")
+        raise ValueError(
+            f"cannot load {path} (model {name!r}); its custom layers must be importable "
+            f"from fer_tf.models: {str(err).splitlines()[0]}"
+        ) from err
+    size, channels = int(run_info["image_size"]), int(run_info["channels"])
+    if tuple(model.input_shape[1:]) != (size, size, channels):
+        raise ValueError(
+            f"{path}: input shape {model.input_shape} differs from run_info [{size},{size},{channels}]"
+        )
+    return model
+
+
+def train_log_prior(run_info: Mapping[str, Any], data_info: Mapping[str, Any] | None) -> np.ndarray:
+    """Returns log class priors of the training split, in run class order.
+
+    Read from `run_info["train_class_counts"]` (dict by name or list), else from
+    the dataset's `dataset_info.json`. Empty classes count as one image, so the
+    adjustment stays finite.
+    """
+    names = list(run_info["class_names"])
+    counts = run_info.get("train_class_counts")
+    if counts is None and data_info is not None:
+        counts = data_info["splits"]["train"]["class_counts"]
+    if counts is None:
+        raise ValueError("logit adjustment needs train class counts (run_info.json or dataset_info.json)")
+    if isinstance(counts, Mapping):
+        counts = [counts[name] for name in names]
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+# ---------------------------------------------------------------- data
+
+
+def to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """Resizes uint8 images to the fixed TFLite input `[N, S, S, C]`, still uint8.
+
+    Uses `preprocess_for_eval` (the serving preprocessing) and rounds back to
+    uint8, so a TFLite model sees what the SavedModel sees up to rounding.
+    """
+    images = np.asarray(images)
+    if images.shape[1:] == (image_size, image_size, channels):
+        return images.astype(np.uint8, copy=False)
+    x = data.preprocess_for_eval(images, image_size, channels).numpy()
+    return np.round(x * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- SavedModel
+
+
+def build_export_archive(
+    model: keras.Model,
+    class_names: Sequence[str],
+    *,
+    logit_adjust_tau: float = 0.0,
+    log_prior: np.ndarray | None = None,
+    tta_flip: bool = False,
+) -> keras.export.ExportArchive:
+    """Builds the `serving_default` and `lite` endpoints around `model`.
+
+    Args:
+      model: Keras model, float32 `[N, S, S, C]` in [0, 1] -> logits `[N, K]`.
+      class_names: the K names returned as `class_name`.
+      logit_adjust_tau: post-hoc logit adjustment (Menon 2021):
+        `logits - tau * log_prior` before the softmax.
+      log_prior: log training class priors `[K]`, needed when tau != 0.
+      tta_flip: average the probabilities of each image and its mirror.
+
+    Returns:
+      The archive; call `write_out(path)`.
+    """
+    _, size, _, channels = model.input_shape
+    adjustment = np.zeros(len(class_names), np.float32)
+    if logit_adjust_tau:
+        adjustment = (logit_adjust_tau * np.asarray(log_prior)).astype(np.float32)
+
+    def probabilities(x):
+        if tta_flip:
+            logits = model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False)
+            both = tf.nn.softmax(logits - adjustment, axis=-1)
+            return 0.5 * tf.add_n(tf.split(both, 2, axis=0))
+        return tf.nn.softmax(model(x, training=False) - adjustment, axis=-1)
+
+    def serve(images):
+        # The signature's channel count is dynamic, preprocess_for_eval needs it
+        # static: each branch slices to 1 or 3 channels (4: alpha dropped).
+        def sliced(n):
+            return lambda: data.preprocess_for_eval(
+                tf.ensure_shape(images[..., :n], [None, None, None, n]), size, channels
+            )
+
+        in_channels = tf.shape(images)[-1]
+        valid = tf.reduce_any(tf.equal(in_channels, [1, 3, 4]))
+        tf.debugging.assert_equal(valid, True, message="images must have 1, 3 or 4 channels")
+        probs = probabilities(tf.cond(in_channels == 1, sliced(1), sliced(3)))
+        label = tf.argmax(probs, axis=-1, output_type=tf.int64)
+        return {"probabilities": probs, "label": label, "class_name": tf.gather(list(class_names), label)}
+
+    def lite(images):
+        # Already S x S, so preprocess_for_eval skips its resize, whose
+        # antialiased kernel (ScaleAndTranslate) has no TFLite op.
+        return {"probabilities": probabilities(data.preprocess_for_eval(images, size, channels))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        serve,
+        input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
+    )
+    archive.add_endpoint(
+        "lite", lite, input_signature=[tf.TensorSpec([1, size, size, channels], tf.uint8, name="images")]
+    )
+    return archive
+
+
+def convert_tflite(saved_model_dir: str, variant: str, representative: np.ndarray | None = None) -> bytes:
+    """Converts the `lite` endpoint to TFLite.
+
+    Args:
+      saved_model_dir: a SavedModel from `build_export_archive`.
+      variant: "float32", "float16" or "int8" (full integer; uint8 in and out).
+      representative: uint8 `[N, S, S, C]` calibration images, needed for int8.
+
+    Returns:
+      The flatbuffer bytes.
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["lite"])
+    if variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("int8 conversion needs representative images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+        converter.representative_dataset = lambda: ({"images": image[None]} for image in representative)
+    elif variant != "float32":
+        raise ValueError(f"unknown TFLite variant {variant!r}; expected one of {sorted(TFLITE_FILES)}")
+    return converter.convert()
+
+
+# ---------------------------------------------------------------- predictors
+# Thin batch wrappers over fer_tf.inference's classifiers (which take faces at
+# model size and must run without TensorFlow): these add the serving
+# preprocessing for images of any size, for evaluate.py and the parity check.
+
+
+class TFLitePredictor:
+    """uint8 images `[N, H, W, C]` of any size -> probabilities `[N, K]` with a .tflite model."""
+
+    def __init__(self, path: str, class_names: Sequence[str] | None = None, num_threads: int = 1):
+        self.classifier = inference.TFLiteClassifier(path, num_threads, class_names)
+        self.class_names = self.classifier.class_names
+        self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.classifier.predict_faces(to_model_input(images, self.image_size, self.channels))
+
+
+class SavedModelPredictor:
+    """uint8 images `[N, H, W, C]` -> probabilities `[N, K]` through `serving_default`."""
+
+    def __init__(self, saved_model_dir: str, class_names: Sequence[str] | None = None, batch_size: int = 256):
+        self.classifier = inference.SavedModelClassifier(saved_model_dir, class_names)
+        self.class_names = self.classifier.class_names
+        self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.uint8)
+        batches = range(0, len(images), self.batch_size)
+        out = [self.classifier.predict_faces(list(images[i : i + self.batch_size])) for i in batches]
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+
+def load_exported(path: str, num_threads: int = 1) -> TFLitePredictor | SavedModelPredictor:
+    """Loads an export directory, its `saved_model/`, or a `.tflite` file as a predictor.
+
+    Args:
+      path: the export directory (uses `saved_model/`), a SavedModel directory,
+        or a `.tflite` file (class names from `labels.txt` beside it).
+      num_threads: TFLite interpreter threads.
+
+    Returns:
+      A callable uint8 `[N, H, W, C]` -> float32 probabilities `[N, K]`, with
+      attributes `class_names`, `image_size` and `channels`.
+
+    Raises:
+      FileNotFoundError: when `path` is none of these, or no class names are found.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path) and path.endswith(".tflite"):
+        names = inference.read_class_names(os.path.dirname(os.path.abspath(path)))
+        if names is None:
+            raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} beside {path}")
+        return TFLitePredictor(path, names, num_threads)
+    is_export = os.path.isfile(os.path.join(path, SAVED_MODEL_DIR, "saved_model.pb"))
+    if not is_export and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"{path} is neither an export directory, a SavedModel nor a .tflite file")
+    names = inference.read_class_names(path) or inference.read_class_names(
+        os.path.dirname(os.path.abspath(path))
+    )
+    if names is None:
+        raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} found for {path}")
+    return SavedModelPredictor(path, names)
+
+
+# ---------------------------------------------------------------- parity and export
+
+
+def parity(reference: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement and max |delta p| of `probabilities` against `reference` ([N, K] each)."""
+    agree = np.argmax(reference, axis=-1) == np.argmax(probabilities, axis=-1)
+    return {
+        "top1_agreement": float(np.mean(agree)),
+        "max_abs_diff_prob": float(np.max(np.abs(reference - probabilities))),
+        "n": int(len(reference)),
+    }
+
+
+def _check_parity(results: Mapping[str, Mapping[str, Any]], split: str) -> None:
+    for variant, result in results.items():
+        if result["top1_agreement"] < result["threshold"]:
+            raise ParityError(
+                # Rounded down, so an agreement just under the threshold never prints as equal.
+                f"{variant} TFLite top-1 agreement {math.floor(result['top1_agreement'] * 1000) / 1000:.3f} "
+                f"< {result['threshold']:g} "
+                f"with the SavedModel on {result['n']} {split} images; not exporting "
+                "(use --parity_threshold to override)"
+            )
+
+
+def _resolve_data_dir(data_dir: str, run_dir: str) -> str:
+    for candidate in (data_dir, os.path.join(run_dir, data_dir)):
+        if os.path.exists(os.path.join(candidate, schema.INFO_FILE)):
+            return candidate
+    raise FileNotFoundError(
+        f"dataset {data_dir} of run {run_dir} not found: export needs its train split "
+        "(int8 calibration) and val split (parity check)"
+    )
+
+
+def _convert_variants(staging, variants, data_dir, data_info, image_size, channels, options):
+    representative = None
+    if "int8" in variants:
+        images, _ = data.eval_arrays(data_dir, data_info, "train", image_size=image_size, channels=channels)
+        rng = np.random.default_rng(options["seed"])
+        count = min(options["representative_samples"], len(images))
+        representative = images[np.sort(rng.choice(len(images), count, replace=False))]
+    sizes = {}
+    for variant in variants:
+        logging.info("converting %s TFLite", variant)
+        path = os.path.join(staging, TFLITE_FILES[variant])
+        with open(path, "wb") as f:
+            f.write(convert_tflite(os.path.join(staging, SAVED_MODEL_DIR), variant, representative))
+        sizes[TFLITE_FILES[variant]] = os.path.getsize(path)
+    return sizes
+
+
+def _measure(staging, variants, class_names, data_dir, data_info, split, image_size, channels, options):
+    """Runs the split through the SavedModel and every TFLite file: parity + metrics."""
+    images, labels = data.eval_arrays(data_dir, data_info, split, image_size=image_size, channels=channels)
+    images, labels = images[: options["parity_samples"]], labels[: options["parity_samples"]]
+    logging.info("parity check on %d %s images", len(images), split)
+    reference = SavedModelPredictor(os.path.join(staging, SAVED_MODEL_DIR), class_names)(images)
+    exported = {"saved_model": metrics.classification_report(labels, reference.argmax(-1), class_names)}
+    results = {}
+    for variant in variants:
+        probs = TFLitePredictor(os.path.join(staging, TFLITE_FILES[variant]), class_names)(images)
+        threshold = options["parity_threshold"]
+        if variant != "int8" and threshold >= DEFAULT_PARITY_THRESHOLD:
+            threshold = FLOAT_PARITY[variant]
+        results[variant] = {"file": TFLITE_FILES[variant], **parity(reference, probs), "threshold": threshold}
+        report = metrics.classification_report(labels, probs.argmax(-1), class_names)
+        exported[variant] = {k: report[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_f1")}
+    return results, exported
+
+
+def _preprocessing(image_size: int, channels: int, logit_adjust_tau: float, tta_flip: bool) -> dict[str, Any]:
+    return {
+        "function": "fer_tf.data.preprocess_for_eval",
+        "input": "uint8 pixels [N, H, W, 1|3|4] (RGB order; alpha dropped), any H and W",
+        "color": "grayscale (tf.image.rgb_to_grayscale)" if channels == 1 else "RGB (gray repeated)",
+        "resize": f"bilinear, antialiased, to {image_size}x{image_size} (aspect ratio not kept)",
+        "scale": "divide by 255 to float32 [0, 1]",
+        "tflite_input": f"uint8 [1, {image_size}, {image_size}, {channels}] raw pixels, already resized",
+        "logit_adjust_tau": float(logit_adjust_tau),
+        "logit_adjustment": "softmax(logits - tau * log(train class prior))" if logit_adjust_tau else None,
+        "tta_flip": bool(tta_flip),
+        "output": "softmax probabilities" + (" averaged with the mirrored image" if tta_flip else ""),
+    }
+
+
+def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Writes a complete export into `staging` and returns its metadata; raises ParityError."""
+    run_info = read_run_info(run_dir)
+    model = load_run_model(run_dir, run_info)
+    data_dir = _resolve_data_dir(run_info["data_dir"], run_dir)
+    data_info = schema.read_dataset_info(data_dir)
+    class_names = [str(c) for c in run_info["class_names"]]
+    if list(data_info["class_names"]) != class_names:
+        raise ValueError(
+            f"classes of {data_dir} {data_info['class_names']} differ from the run's {class_names}"
+        )
+    split = next((s for s in ("val", "test") if data_info["splits"].get(s, {}).get("num_examples")), None)
+    if split is None:
+        raise ValueError(f"{data_dir} has no val or test split for the parity check")
+    size, channels, tau = int(run_info["image_size"]), int(run_info["channels"]), options["logit_adjust_tau"]
+    variants = ["float32"] + ["float16"] * options["fp16"] + ["int8"] * options["int8"]
+
+    log_prior = train_log_prior(run_info, data_info) if tau else None
+    archive = build_export_archive(model, class_names, logit_adjust_tau=tau, log_prior=log_prior,
+                                   tta_flip=options["tta_flip"])  # fmt: skip
+    archive.write_out(os.path.join(staging, SAVED_MODEL_DIR), verbose=False)
+    sizes = _convert_variants(staging, variants, data_dir, data_info, size, channels, options)
+    results, exported = _measure(
+        staging, variants, class_names, data_dir, data_info, split, size, channels, options
+    )
+    _check_parity(results, split)
+
+    run_metrics = None
+    if os.path.exists(os.path.join(run_dir, "metrics.json")):
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            run_metrics = json.load(f)
+    metadata = {
+        "format_version": 1,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "input_size": size,
+        "channels": channels,
+        "preprocessing": _preprocessing(size, channels, tau, options["tta_flip"]),
+        "model": {"name": run_info.get("model"), "params": int(model.count_params()), "run_dir": run_dir},
+        "source_dataset": {
+            "data_dir": run_info["data_dir"],
+            "source": run_info.get("dataset_source", data_info.get("source")),
+            "image_shape": data_info["image_shape"],
+            "train_class_counts": data_info["splits"].get("train", {}).get("class_counts"),
+        },
+        "validation_metrics": {"split": split, "run": run_metrics, "exported": exported},
+        "parity": results,
+        "tflite_files": sizes,
+        "export_options": dict(options),
+        "flags": read_flags(os.path.join(run_dir, "flags.txt")),
+    }
+    with open(os.path.join(staging, LABELS_FILE), "w") as f:
+        f.write("".join(f"{name}\n" for name in class_names))
+    with open(os.path.join(staging, METADATA_FILE), "w") as f:
+        json.dump(metadata, f, indent=2)
+        f.write("\n")
+    return metadata
+
+
+def _replace_dir(staging: str, output_dir: str) -> None:
+    """Moves `staging` to `output_dir`, replacing a previous export only at the very end."""
+    if not os.path.exists(output_dir):
+        os.rename(staging, output_dir)
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(staging))
+    os.rename(output_dir, os.path.join(old, "export"))
+    os.rename(staging, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_run(
+    run_dir: str,
+    output_dir: str,
+    *,
+    int8: bool = True,
+    fp16: bool = False,
+    parity_threshold: float = DEFAULT_PARITY_THRESHOLD,
+    logit_adjust_tau: float = 0.0,
+    tta_flip: bool = False,
+    representative_samples: int = 300,
+    parity_samples: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Exports a training run (DESIGN.md contract 4) after a TFLite parity check.
+
+    Args:
+      run_dir: `runs/<name>/` with run_info.json, model.keras, flags.txt, metrics.json.
+      output_dir: the export directory; a previous export there is replaced only
+        when the new one passes the parity gate.
+      int8: also write `model_int8.tflite` (full integer, uint8 in and out).
+      fp16: also write `model_float16.tflite`.
+      parity_threshold: minimum int8 top-1 agreement with the SavedModel on the
+        val split. Float32 / float16 need 0.999 / 0.99; a value below the
+        default 0.98 lowers those to it as well.
+      logit_adjust_tau: post-hoc logit adjustment strength (0 = off).
+      tta_flip: average each image with its mirror, in every format.
+      representative_samples: training images for int8 calibration (seeded).
+      parity_samples: val images for the parity check (None = all).
+      seed: picks the calibration images.
+
+    Returns:
+      The metadata written to `metadata.json`.
+
+    Raises:
+      FileNotFoundError: missing run, model or dataset.
+      FileExistsError: `output_dir` exists and is not an export.
+      ParityError: a TFLite variant disagrees with the SavedModel; nothing written.
+    """
+    options = dict(int8=int8, fp16=fp16, parity_threshold=parity_threshold, logit_adjust_tau=logit_adjust_tau,
+                   tta_flip=tta_flip, representative_samples=representative_samples,
+                   parity_samples=parity_samples, seed=seed)  # fmt: skip
+    output_dir = os.path.normpath(output_dir)  # "export/" -> "export", for the renames
+    read_run_info(run_dir)  # fail on a bad run before touching the output
+    if os.path.isfile(output_dir) or (
+        os.path.isdir(output_dir)
+        and os.listdir(output_dir)
+        and not os.path.exists(os.path.join(output_dir, METADATA_FILE))
+    ):
+        # Only a previous export is ever replaced; never an unrelated folder or file.
+        raise FileExistsError(
+            f"{output_dir} exists and is not an export (no {METADATA_FILE}); choose another output"
+        )
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    # Not mkdtemp: its 0700 mode would survive the rename; makedirs honours the umask.
+    staging = os.path.join(
+        parent, f".{os.path.basename(os.path.abspath(output_dir))}.tmp-{uuid.uuid4().hex[:8]}"
+    )
+    os.makedirs(staging)
+    try:
+        metadata = _write_export(staging, run_dir, options)
+        _replace_dir(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return metadata

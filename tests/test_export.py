@@ -1,0 +1,262 @@
+"""Tests for fer_tf/export_lib.py and export.py (DESIGN.md contract 4).
+
+A hand-set brightness classifier (identity conv -> mean -> dense) is confident
+on synthetic images whose grey level encodes the class, so parity between the
+SavedModel and the TFLite files is a real check rather than a coin toss on
+near-uniform probabilities. `make_run` is reused by tests/test_evaluate.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fer_tf import data, export_lib, schema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 48
+CLASSES = schema.FER2013_CLASSES
+CENTERS = (np.arange(len(CLASSES)) + 0.5) / len(CLASSES)
+SPLIT_SIZES = {"train": 70, "val": 42}
+
+
+def class_images(labels, rng, size=SIZE, channels=1):
+    """uint8 images whose mean grey level is the class centre, plus noise."""
+    base = CENTERS[np.asarray(labels)] * 255.0
+    noise = rng.integers(-8, 9, (len(labels), size, size, channels))
+    return np.clip(base[:, None, None, None] + noise, 0, 255).astype(np.uint8)
+
+
+def brightness_model(alpha=300.0):
+    """logit_k = -alpha * (mean - centre_k)^2 + const, through a real conv and dense layer."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(1, 3, padding="same", use_bias=False, activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), name="head")(x)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1] = 1.0
+    model.get_layer("conv").set_weights([kernel])
+    model.get_layer("head").set_weights([(2 * alpha * CENTERS)[None].astype(np.float32), -alpha * CENTERS**2])
+    return model
+
+
+def write_dataset(data_dir, seed=0, split_sizes=SPLIT_SIZES):
+    """A tiny converted dataset: raw 48x48x1 shards and dataset_info.json; returns {split: (x, y)}."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(data_dir, exist_ok=True)
+    arrays, splits = {}, {}
+    for split, n in split_sizes.items():
+        labels = np.arange(n) % len(CLASSES)
+        images = class_images(labels, rng)
+        with tf.io.TFRecordWriter(os.path.join(data_dir, schema.shard_name(split, 0, 1))) as writer:
+            for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+                writer.write(schema.make_example(image, int(label), f"{split}/{i}").SerializeToString())
+        counts = {name: int(np.sum(labels == k)) for k, name in enumerate(CLASSES)}
+        splits[split] = {"num_examples": n, "class_counts": counts, "num_shards": 1}
+        arrays[split] = (images, labels)
+    info = schema.make_dataset_info(
+        class_names=CLASSES, image_shape=[SIZE, SIZE, 1], encoding="raw", splits=splits,
+        source={"format": "synthetic-test"}, skipped={},
+    )  # fmt: skip
+    schema.write_dataset_info(data_dir, info)
+    return arrays
+
+
+def make_run(root, model=None):
+    """A fake `runs/<name>/` (model.keras, run_info.json, flags.txt, metrics.json) and its dataset."""
+    data_dir, run_dir = os.path.join(root, "data"), os.path.join(root, "runs", "tiny")
+    arrays = write_dataset(data_dir)
+    os.makedirs(run_dir)
+    (model or brightness_model()).save(os.path.join(run_dir, "model.keras"))
+    counts = {name: int(np.sum(arrays["train"][1] == k)) for k, name in enumerate(CLASSES)}
+    run_info = {
+        "data_dir": data_dir, "class_names": list(CLASSES), "image_size": SIZE, "channels": 1,
+        "model": "brightness", "dataset_source": {"format": "synthetic-test"}, "train_class_counts": counts,
+    }  # fmt: skip
+    with open(os.path.join(run_dir, "run_info.json"), "w") as f:
+        json.dump(run_info, f)
+    with open(os.path.join(run_dir, "flags.txt"), "w") as f:
+        f.write("--model=brightness\n--batch_size=8\n--nojit_compile\n--mixed\n")
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump({"n": 42, "accuracy": 1.0}, f)
+    return run_dir, arrays
+
+
+def run_script(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One export through the CLI, shared by the tests of this module."""
+    root = str(tmp_path_factory.mktemp("export"))
+    run_dir, arrays = make_run(root)
+    out = os.path.join(root, "export")
+    proc = run_script(
+        "export.py", f"--run={run_dir}", f"--output={out}", "--fp16", "--representative_samples=50"
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {"run_dir": run_dir, "out": out, "arrays": arrays, "stdout": proc.stdout}
+
+
+def test_export_directory_follows_the_contract(exported):
+    out = exported["out"]
+    assert sorted(os.listdir(out)) == sorted(
+        [
+            "saved_model",
+            "model_float32.tflite",
+            "model_float16.tflite",
+            "model_int8.tflite",
+            "labels.txt",
+            "metadata.json",
+        ]
+    )
+    with open(os.path.join(out, "labels.txt")) as f:
+        assert f.read().splitlines() == list(CLASSES)
+    with open(os.path.join(out, "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["class_names"] == list(CLASSES)
+    assert (meta["input_size"], meta["channels"]) == (SIZE, 1)
+    assert meta["preprocessing"]["function"] == "fer_tf.data.preprocess_for_eval"
+    assert meta["source_dataset"]["source"] == {"format": "synthetic-test"}
+    assert meta["model"] == {"name": "brightness", "params": 9 + 1 * 7 + 7, "run_dir": exported["run_dir"]}
+    assert meta["flags"] == {
+        "model": "brightness",
+        "batch_size": "8",
+        "jit_compile": "false",
+        "mixed": "true",
+    }
+    assert meta["validation_metrics"]["run"] == {"n": 42, "accuracy": 1.0}
+    assert meta["validation_metrics"]["exported"]["saved_model"]["n"] == SPLIT_SIZES["val"]
+    assert meta["validation_metrics"]["exported"]["saved_model"]["accuracy"] == 1.0
+    assert set(meta["parity"]) == {"float32", "float16", "int8"}
+    for result in meta["parity"].values():
+        assert result["n"] == SPLIT_SIZES["val"]
+        assert result["top1_agreement"] == 1.0
+        assert meta["tflite_files"][result["file"]] == os.path.getsize(os.path.join(out, result["file"]))
+    assert meta["parity"]["float32"]["max_abs_diff_prob"] < 1e-5
+    thresholds = {variant: result["threshold"] for variant, result in meta["parity"].items()}
+    assert thresholds == {"float32": 0.999, "float16": 0.99, "int8": 0.98}
+    assert meta["parity"]["int8"]["max_abs_diff_prob"] < 0.03
+    # The CLI prints the parity table and the file sizes.
+    assert "int8" in exported["stdout"] and "model_int8.tflite" in exported["stdout"]
+
+
+def test_saved_model_takes_any_size_and_channels(exported):
+    serve = tf.saved_model.load(os.path.join(exported["out"], "saved_model")).signatures["serving_default"]
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 3, 6])
+    model = brightness_model()
+    for size, channels in ((48, 1), (64, 3), (30, 1), (40, 4)):
+        images = class_images(labels, rng, size=size, channels=channels)
+        out = serve(images=tf.constant(images))
+        probs = out["probabilities"].numpy()
+        assert out["probabilities"].dtype == tf.float32 and probs.shape == (3, len(CLASSES))
+        assert out["label"].dtype == tf.int64
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(out["label"].numpy(), labels)
+        assert [c.decode() for c in out["class_name"].numpy()] == [CLASSES[k] for k in labels]
+        expected = tf.nn.softmax(model(data.preprocess_for_eval(images[..., :3], SIZE, 1))).numpy()
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_tflite_files_have_the_contract_io_and_agree(exported):
+    out = exported["out"]
+    images, labels = exported["arrays"]["val"]
+    reference = export_lib.load_exported(out)(images)
+    for name, out_dtype, tolerance in (
+        ("model_float32.tflite", np.float32, 1e-5),
+        ("model_float16.tflite", np.float32, 5e-3),
+        ("model_int8.tflite", np.uint8, 0.03),
+    ):
+        interpreter = tf.lite.Interpreter(model_path=os.path.join(out, name))
+        (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+        assert inp["dtype"] == np.uint8 and list(inp["shape"]) == [1, SIZE, SIZE, 1]
+        assert outp["dtype"] == out_dtype and list(outp["shape"]) == [1, len(CLASSES)]
+        probs = export_lib.load_exported(os.path.join(out, name))(images)
+        assert np.mean(probs.argmax(-1) == reference.argmax(-1)) == 1.0
+        assert np.abs(probs - reference).max() < tolerance, name
+        np.testing.assert_array_equal(probs.argmax(-1), labels)
+    scale, zero_point = outp["quantization"]
+    assert scale > 0 and zero_point == 0  # uint8 output dequantizes to probabilities
+
+
+def test_tflite_predictor_resizes_like_the_saved_model(exported):
+    rng = np.random.default_rng(2)
+    images = class_images(np.arange(7), rng, size=57, channels=3)
+    saved = export_lib.load_exported(exported["out"])
+    lite = export_lib.load_exported(os.path.join(exported["out"], "model_float32.tflite"))
+    assert lite.class_names == list(CLASSES) and (lite.image_size, lite.channels) == (SIZE, 1)
+    # Only the uint8 rounding of the resized image separates the two.
+    np.testing.assert_allclose(lite(images), saved(images), atol=0.02)
+
+
+def test_parity_gate_refuses_and_keeps_the_previous_export(exported, tmp_path):
+    out = exported["out"]
+    before = {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)}
+    with pytest.raises(
+        export_lib.ParityError, match=r"int8 TFLite top-1 agreement 1\.000 < 1\.01 .* on 42 val images"
+    ):
+        export_lib.export_run(exported["run_dir"], out, parity_threshold=1.01, representative_samples=20)
+    assert {name: os.path.getmtime(os.path.join(out, name)) for name in os.listdir(out)} == before
+    fresh = str(tmp_path / "fresh")
+    with pytest.raises(export_lib.ParityError):
+        export_lib.export_run(exported["run_dir"], fresh, parity_threshold=1.01, representative_samples=20)
+    assert os.listdir(tmp_path) == []  # no partial export, no staging directory
+
+
+def test_logit_adjustment_and_flip_tta_are_in_the_graph(tmp_path):
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Conv2D(2, 5, strides=4), keras.layers.Flatten(),
+                              keras.layers.Dense(len(CLASSES))])  # fmt: skip
+    log_prior = np.log(np.arange(1, 8, dtype=np.float32) / 28.0)
+    archive = export_lib.build_export_archive(
+        model, CLASSES, logit_adjust_tau=1.5, log_prior=log_prior, tta_flip=True
+    )
+    archive.write_out(str(tmp_path / "sm"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    images = np.random.default_rng(3).integers(0, 256, (2, 50, 44, 3)).astype(np.uint8)
+    x = data.preprocess_for_eval(images, SIZE, 1)
+    expected = 0.5 * (
+        tf.nn.softmax(model(x) - 1.5 * log_prior) + tf.nn.softmax(model(x[:, :, ::-1]) - 1.5 * log_prior)
+    )
+    got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+    small = export_lib.to_model_input(images[:1], SIZE, 1)
+    lite = loaded.signatures["lite"](images=tf.constant(small))["probabilities"]
+    np.testing.assert_allclose(lite.numpy(), got.numpy()[:1], atol=0.01)
+
+
+def test_train_log_prior_reads_run_counts():
+    info = {"class_names": ["a", "b", "c"], "train_class_counts": {"a": 6, "b": 3, "c": 0}}
+    np.testing.assert_allclose(np.exp(export_lib.train_log_prior(info, None)), [0.6, 0.3, 0.1], rtol=1e-6)
+
+
+def test_model_with_unknown_custom_layer_fails_clearly(tmp_path):
+    @keras.saving.register_keras_serializable(package="fer_tf_test")
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    model = keras.Sequential(
+        [keras.Input((SIZE, SIZE, 1)), Twice(), keras.layers.Flatten(), keras.layers.Dense(7)]
+    )
+    run_dir, _ = make_run(str(tmp_path), model)
+    keras.saving.get_custom_objects().pop("fer_tf_test>Twice")
+    with pytest.raises(ValueError, match="custom layers must be importable"):
+        export_lib.export_run(run_dir, str(tmp_path / "export"))
+    assert not os.path.exists(tmp_path / "export")
+
+
+def test_export_cli_errors(tmp_path):
+    proc = run_script("export.py", f"--run={tmp_path / 'missing'}", f"--output={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr

@@ -1,0 +1,141 @@
+"""Train an expression classifier: `python train.py --flagfile=fer2013.flags`.
+
+Flagfiles live in configs/ and record each experiment. Re-running the same
+command resumes an interrupted run from runs/<name>/backup/.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from fer_tf import cli
+
+F = flags.FLAGS
+flags.DEFINE_string("name", None, "Run name; the run directory is <runs_dir>/<name>.")
+flags.DEFINE_string("runs_dir", "runs", "Parent directory of run directories.")
+flags.DEFINE_string("data_dir", None, "Converted TFRecord dataset (with dataset_info.json).")
+flags.DEFINE_string("raw_data", None, "Raw source to convert into --data_dir when it is missing.")
+flags.DEFINE_enum("raw_format", "fer2013", ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"],
+                  "Format of --raw_data.")
+flags.DEFINE_string("model", "fernet", "Registered model name (fer_tf.models.MODELS).")
+flags.DEFINE_float("width", None, "Model width multiplier, if the model has one.")
+flags.DEFINE_float("dropout", None, "Model dropout rate, if the model has one.")
+flags.DEFINE_list("model_kw", [], "Other model keywords as key=value, e.g. depth=0.5,activation=hard_silu.")
+flags.DEFINE_integer("image_size", 48, "Side of the square model input.")
+flags.DEFINE_integer("channels", 1, "1 (grayscale) or 3.")
+flags.DEFINE_string("init_weights", "", "Weights file to load by layer name (mismatched head skipped).")
+flags.DEFINE_string("crt_from", "", "cRT: run directory whose backbone is frozen and head re-fit.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+flags.DEFINE_integer("epochs", 30, "Epochs; one epoch = train examples // batch size steps.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Override the steps of one epoch (0: from the data).")
+flags.DEFINE_enum("sampling", "instance", ["instance", "balanced", "sqrt", "progressive"], "Class sampling.")
+flags.DEFINE_integer("progressive_epochs", 0, "Epochs to go from instance to balanced (0: all).")
+flags.DEFINE_list("augment", [], "Augmentations by name (empty: the default recipe).")
+flags.DEFINE_float("aug_strength", 1.0, "Scales every augmentation's magnitude.")
+flags.DEFINE_float("mixup", 0.0, "Mixup alpha (0: off).")
+flags.DEFINE_float("cutmix", 0.0, "CutMix alpha (0: off).")
+flags.DEFINE_boolean("soft_labels", False, "Train on image/class/soft_label votes (FER+).")
+flags.DEFINE_enum("loss", "crossentropy", ["crossentropy", "focal", "class_balanced", "class_balanced_focal",
+                                           "logit_adjusted", "balanced_softmax"], "Loss function.")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
+flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")
+flags.DEFINE_list("focal_alpha", [], "Per-class focal alpha (K values; empty: none).")
+flags.DEFINE_float("cb_beta", 0.9999, "Effective-number beta (class-balanced loss/weights).")
+flags.DEFINE_float("la_tau", 1.0, "Logit-adjustment tau.")
+flags.DEFINE_enum("class_weight", "none", ["none", "inverse", "sqrt_inverse", "effective"],
+                  "fit(class_weight=) mode.")
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
+flags.DEFINE_float("lr", 1e-3, "Peak learning rate.")
+flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_enum("schedule", "cosine", ["cosine", "onecycle", "step", "constant"], "LR schedule.")
+flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup epochs.")
+flags.DEFINE_float("clipnorm", 0.0, "Gradient clipping by norm (0: off).")
+flags.DEFINE_string("monitor", "val_balanced_accuracy", "Metric for the best checkpoint.")
+flags.DEFINE_integer("early_stopping", 0, "Early-stopping patience in epochs (0: off).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_boolean("deterministic", False, "Enable TF op determinism (slower).")
+flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras precision policy; logits and loss stay float32.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker"], "tf.distribute strategy.")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: one line per epoch).")
+flags.mark_flags_as_required(["name", "data_dir"])
+
+FER2013_HELP = (
+    "FER2013 is not bundled. Download fer2013.csv from Kaggle "
+    "(https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data),"
+    " put it at {path} (or pass --raw_data=PATH), and re-run."
+)
+
+
+def prepare_data() -> None:
+    """Converts --raw_data into --data_dir when the TFRecords are missing."""
+    if os.path.exists(os.path.join(F.data_dir, "dataset_info.json")):
+        return
+    if not F.raw_data:
+        cli.fail(f"no dataset at {F.data_dir} and no --raw_data to convert it from")
+    raw = F.raw_data
+    if not os.path.exists(raw) and os.path.exists(raw + ".gz"):
+        raw += ".gz"
+    if not os.path.exists(raw):
+        cli.fail(FER2013_HELP.format(path=F.raw_data) if F.raw_format in ("fer2013", "ferplus")
+                 else f"raw data {F.raw_data} not found")
+    from data_tools import convert, writer
+
+    print(f"preparing {F.data_dir} from {raw} ({F.raw_format})", flush=True)
+    options = {
+        "ferplus_labels": os.path.join(os.path.dirname(os.path.abspath(raw)), "fer2013new.csv"),
+        "ferplus_classes": 8, "split_if_missing": None, "seed": 0, "classes": None,
+        "image_size": F.image_size, "channels": F.channels, "align": False,
+    }
+    writer.convert(convert.SOURCES[F.raw_format](raw, options), F.data_dir)
+
+
+def _number_or_text(value: str):
+    try:
+        return float(value) if "." in value or "e" in value.lower() else int(value)
+    except ValueError:
+        return value
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from fer_tf import callbacks, train_lib
+
+    prepare_data()
+    model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
+    for item in F.model_kw:
+        key, _, value = item.partition("=")
+        model_kwargs[key] = _number_or_text(value)
+    config = train_lib.TrainConfig(
+        run_dir=os.path.join(F.runs_dir, F.name), data_dir=F.data_dir, model=F.model,
+        model_kwargs=model_kwargs, image_size=F.image_size, channels=F.channels,
+        init_weights=F.init_weights, crt_from=F.crt_from, batch_size=F.batch_size, epochs=F.epochs,
+        steps_per_epoch=F.steps_per_epoch, sampling=F.sampling, progressive_epochs=F.progressive_epochs,
+        augmentations=tuple(F.augment), aug_strength=F.aug_strength, mixup_alpha=F.mixup,
+        cutmix_alpha=F.cutmix, soft_labels=F.soft_labels, loss=F.loss, label_smoothing=F.label_smoothing,
+        focal_gamma=F.focal_gamma, focal_alpha=tuple(float(a) for a in F.focal_alpha),
+        cb_beta=F.cb_beta, la_tau=F.la_tau, class_weight=F.class_weight, optimizer=F.optimizer,
+        learning_rate=F.lr, weight_decay=F.weight_decay, momentum=F.momentum, schedule=F.schedule,
+        warmup_epochs=F.warmup_epochs, clipnorm=F.clipnorm, monitor=F.monitor,
+        early_stopping_patience=F.early_stopping, seed=F.seed, deterministic=F.deterministic,
+        mixed_precision=F.mixed_precision, jit_compile=F.jit_compile, strategy=F.strategy,
+        verbose=F.verbose,
+    )
+    tf.get_logger().setLevel("ERROR")
+    try:
+        own = F.get_key_flags_for_module(sys.modules[__name__])
+        train_lib.train(config, flags_text="".join(f.serialize() + "\n" for f in own if f.serialize()))
+    except callbacks.NanLossError as e:
+        cli.fail(str(e), code=1)
+    except FileNotFoundError as e:
+        cli.fail(str(e))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main, argv=cli.resolve_flagfiles(sys.argv))
