@@ -101,8 +101,9 @@ def read_tfrecords(data_dir: str, split: str | None, predictor) -> tuple[np.ndar
 def read_folder(root: str, split: str | None, predictor) -> tuple[np.ndarray, list[str]]:
     """Images under class folders -> uint8 [N,S,S,C] resized by the serving preprocessing."""
     from data_tools import folders
+    from data_tools.images import read_image
     from data_tools.writer import Skip
-    from fer_tf import export_lib
+    from fer_tf.predict import to_model_input
 
     entries, _, layout = folders.scan_folders(root)
     if split:
@@ -112,11 +113,11 @@ def read_folder(root: str, split: str | None, predictor) -> tuple[np.ndarray, li
     images, names, skipped = [], [], collections.Counter()
     for entry in entries:
         try:
-            rgb = folders.read_image(entry.paths[0])[..., ::-1]
+            rgb = read_image(entry.paths[0])[..., ::-1]
         except Skip as err:
             skipped[err.reason] += 1
             continue
-        images.append(export_lib.to_model_input(rgb[np.newaxis], predictor.image_size, predictor.channels)[0])
+        images.append(to_model_input(rgb[np.newaxis], predictor.image_size, predictor.channels)[0])
         names.append(entry.class_name)
     if skipped:
         log(f"skipped images of {root}: {dict(skipped)}")
@@ -177,10 +178,11 @@ def main(argv: list[str]) -> None:
         if not os.path.exists(flag.value):
             fail(f"--{flag.name} {flag.value} not found")
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
-    from fer_tf import export_lib, metrics
+    from fer_tf import metrics
+    from fer_tf.predict import load_exported
 
     try:
-        predictor = export_lib.load_exported(_MODEL.value, num_threads=_NUM_THREADS.value)
+        predictor = load_exported(_MODEL.value, num_threads=_NUM_THREADS.value)
     except (FileNotFoundError, ValueError) as err:
         fail(str(err))
     data = _DATA.value

@@ -16,8 +16,15 @@ flags.DEFINE_string("name", None, "Run name; the run directory is <runs_dir>/<na
 flags.DEFINE_string("runs_dir", "runs", "Parent directory of run directories.")
 flags.DEFINE_string("data_dir", None, "Converted TFRecord dataset (with dataset_info.json).")
 flags.DEFINE_string("raw_data", None, "Raw source to convert into --data_dir when it is missing.")
-flags.DEFINE_enum("raw_format", "fer2013", ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"],
-                  "Format of --raw_data.")
+flags.DEFINE_enum(
+    "raw_format",
+    "fer2013",
+    ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"],
+    "Format of --raw_data.",
+)
+flags.DEFINE_float(
+    "val_fraction", 0.0, "Share of train carved out as val when converting a dataset without one."
+)
 flags.DEFINE_string("model", "fernet", "Registered model name (fer_tf.models.MODELS).")
 flags.DEFINE_float("width", None, "Model width multiplier, if the model has one.")
 flags.DEFINE_float("dropout", None, "Model dropout rate, if the model has one.")
@@ -36,15 +43,20 @@ flags.DEFINE_float("aug_strength", 1.0, "Scales every augmentation's magnitude."
 flags.DEFINE_float("mixup", 0.0, "Mixup alpha (0: off).")
 flags.DEFINE_float("cutmix", 0.0, "CutMix alpha (0: off).")
 flags.DEFINE_boolean("soft_labels", False, "Train on image/class/soft_label votes (FER+).")
-flags.DEFINE_enum("loss", "crossentropy", ["crossentropy", "focal", "class_balanced", "class_balanced_focal",
-                                           "logit_adjusted", "balanced_softmax"], "Loss function.")
+flags.DEFINE_enum(
+    "loss",
+    "crossentropy",
+    ["crossentropy", "focal", "class_balanced", "class_balanced_focal", "logit_adjusted", "balanced_softmax"],
+    "Loss function.",
+)
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
 flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")
 flags.DEFINE_list("focal_alpha", [], "Per-class focal alpha (K values; empty: none).")
 flags.DEFINE_float("cb_beta", 0.9999, "Effective-number beta (class-balanced loss/weights).")
 flags.DEFINE_float("la_tau", 1.0, "Logit-adjustment tau.")
-flags.DEFINE_enum("class_weight", "none", ["none", "inverse", "sqrt_inverse", "effective"],
-                  "fit(class_weight=) mode.")
+flags.DEFINE_enum(
+    "class_weight", "none", ["none", "inverse", "sqrt_inverse", "effective"], "fit(class_weight=) mode."
+)
 flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
 flags.DEFINE_float("lr", 1e-3, "Peak learning rate.")
 flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
@@ -56,18 +68,16 @@ flags.DEFINE_string("monitor", "val_balanced_accuracy", "Metric for the best che
 flags.DEFINE_integer("early_stopping", 0, "Early-stopping patience in epochs (0: off).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_boolean("deterministic", False, "Enable TF op determinism (slower).")
-flags.DEFINE_enum("mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
-                  "Keras precision policy; logits and loss stay float32.")
+flags.DEFINE_enum(
+    "mixed_precision",
+    "float32",
+    ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Keras precision policy; logits and loss stay float32.",
+)
 flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker"], "tf.distribute strategy.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: one line per epoch).")
 flags.mark_flags_as_required(["name", "data_dir"])
-
-FER2013_HELP = (
-    "FER2013 is not bundled. Download fer2013.csv from Kaggle "
-    "(https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data),"
-    " put it at {path} (or pass --raw_data=PATH), and re-run."
-)
 
 
 def prepare_data() -> None:
@@ -76,21 +86,19 @@ def prepare_data() -> None:
         return
     if not F.raw_data:
         cli.fail(f"no dataset at {F.data_dir} and no --raw_data to convert it from")
-    raw = F.raw_data
-    if not os.path.exists(raw) and os.path.exists(raw + ".gz"):
-        raw += ".gz"
-    if not os.path.exists(raw):
-        cli.fail(FER2013_HELP.format(path=F.raw_data) if F.raw_format in ("fer2013", "ferplus")
-                 else f"raw data {F.raw_data} not found")
-    from data_tools import convert, writer
+    from data_tools import convert
 
-    print(f"preparing {F.data_dir} from {raw} ({F.raw_format})", flush=True)
-    options = {
-        "ferplus_labels": os.path.join(os.path.dirname(os.path.abspath(raw)), "fer2013new.csv"),
-        "ferplus_classes": 8, "split_if_missing": None, "seed": 0, "classes": None,
-        "image_size": F.image_size, "channels": F.channels, "align": False,
-    }
-    writer.convert(convert.SOURCES[F.raw_format](raw, options), F.data_dir)
+    try:
+        convert.prepare_dataset(
+            F.raw_data,
+            F.data_dir,
+            F.raw_format,
+            image_size=F.image_size,
+            channels=F.channels,
+            val_fraction=F.val_fraction,
+        )
+    except FileNotFoundError as e:
+        cli.fail(str(e))
 
 
 def _number_or_text(value: str):
@@ -112,18 +120,45 @@ def main(argv):
         key, _, value = item.partition("=")
         model_kwargs[key] = _number_or_text(value)
     config = train_lib.TrainConfig(
-        run_dir=os.path.join(F.runs_dir, F.name), data_dir=F.data_dir, model=F.model,
-        model_kwargs=model_kwargs, image_size=F.image_size, channels=F.channels,
-        init_weights=F.init_weights, crt_from=F.crt_from, batch_size=F.batch_size, epochs=F.epochs,
-        steps_per_epoch=F.steps_per_epoch, sampling=F.sampling, progressive_epochs=F.progressive_epochs,
-        augmentations=tuple(F.augment), aug_strength=F.aug_strength, mixup_alpha=F.mixup,
-        cutmix_alpha=F.cutmix, soft_labels=F.soft_labels, loss=F.loss, label_smoothing=F.label_smoothing,
-        focal_gamma=F.focal_gamma, focal_alpha=tuple(float(a) for a in F.focal_alpha),
-        cb_beta=F.cb_beta, la_tau=F.la_tau, class_weight=F.class_weight, optimizer=F.optimizer,
-        learning_rate=F.lr, weight_decay=F.weight_decay, momentum=F.momentum, schedule=F.schedule,
-        warmup_epochs=F.warmup_epochs, clipnorm=F.clipnorm, monitor=F.monitor,
-        early_stopping_patience=F.early_stopping, seed=F.seed, deterministic=F.deterministic,
-        mixed_precision=F.mixed_precision, jit_compile=F.jit_compile, strategy=F.strategy,
+        run_dir=os.path.join(F.runs_dir, F.name),
+        data_dir=F.data_dir,
+        model=F.model,
+        model_kwargs=model_kwargs,
+        image_size=F.image_size,
+        channels=F.channels,
+        init_weights=F.init_weights,
+        crt_from=F.crt_from,
+        batch_size=F.batch_size,
+        epochs=F.epochs,
+        steps_per_epoch=F.steps_per_epoch,
+        sampling=F.sampling,
+        progressive_epochs=F.progressive_epochs,
+        augmentations=tuple(F.augment),
+        aug_strength=F.aug_strength,
+        mixup_alpha=F.mixup,
+        cutmix_alpha=F.cutmix,
+        soft_labels=F.soft_labels,
+        loss=F.loss,
+        label_smoothing=F.label_smoothing,
+        focal_gamma=F.focal_gamma,
+        focal_alpha=tuple(float(a) for a in F.focal_alpha),
+        cb_beta=F.cb_beta,
+        la_tau=F.la_tau,
+        class_weight=F.class_weight,
+        optimizer=F.optimizer,
+        learning_rate=F.lr,
+        weight_decay=F.weight_decay,
+        momentum=F.momentum,
+        schedule=F.schedule,
+        warmup_epochs=F.warmup_epochs,
+        clipnorm=F.clipnorm,
+        monitor=F.monitor,
+        early_stopping_patience=F.early_stopping,
+        seed=F.seed,
+        deterministic=F.deterministic,
+        mixed_precision=F.mixed_precision,
+        jit_compile=F.jit_compile,
+        strategy=F.strategy,
         verbose=F.verbose,
     )
     tf.get_logger().setLevel("ERROR")

@@ -4,7 +4,7 @@
 
 For each model of `fer_tf.models.MODELS` (default kwargs, 7 classes, 48x48x1)
 it reports, in one run:
-  - parameters and FLOPs (`models.count_flops`: 2 x MACs of conv/dense layers);
+  - parameters and FLOPs (`model_tools.count_flops`: 2 x MACs of conv/dense layers);
   - training throughput: images/s of `train_on_batch` (AdamW, cross-entropy,
     default `compile`, so no XLA on CPU) on random data, median step time of
     `--steps` steps after `--warmup` steps;
@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fer_tf import losses, models  # noqa: E402
+from fer_tf import losses, model_tools, models  # noqa: E402
 
 F = flags.FLAGS
 flags.DEFINE_list("models", None, "Models to measure (default: all registered; seed_cnn is always added).")
@@ -70,7 +70,7 @@ def measure(name: str) -> dict:
     return {
         "model": name,
         "params": model.count_params(),
-        "mflops": models.count_flops(model) / 1e6,
+        "mflops": model_tools.count_flops(model) / 1e6,
         "train": F.batch_size / train,
         "infer": F.batch_size / infer,
         "latency_ms": latency * 1e3,

@@ -4,7 +4,7 @@
 
 Measured in one run, one interpreter thread, on the same face crops (FER2013
 PublicTest faces upscaled to 96 px when ../shared/data is present, else
-synthetic ones from data_tools.synthetic); each model resizes the crop to its
+synthetic ones from data_tools.synthetic_faces); each model resizes the crop to its
 own input with cv2.INTER_AREA:
   - ours: gray uint8 48x48 -> int8 model -> dequantized probabilities;
   - baseline: fer 25.10.3's `emotion_model_quantized.tflite` (float32 input
@@ -56,12 +56,12 @@ def face_crops(n: int, side: int) -> tuple[np.ndarray, np.ndarray | None, str]:
         labels = np.array([int(r["emotion"]) for r in rows])
         source = f"FER2013 PublicTest faces upscaled to {side} px"
     else:
-        from data_tools.synthetic import render_face_large
+        from data_tools.synthetic_faces import render_face_large
 
         rng = np.random.default_rng(0)
         faces = [render_face_large(i % 7, rng, 160) for i in range(n)]
         labels = None  # cartoon faces: a trained model's accuracy on them means little
-        source = f"synthetic faces (data_tools.synthetic) at {side} px"
+        source = f"synthetic faces (data_tools.synthetic_faces) at {side} px"
     crops = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA if f.shape[0] > side else cv2.INTER_LINEAR)
              for f in faces]  # fmt: skip
     return np.stack(crops), labels, source

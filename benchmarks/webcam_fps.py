@@ -8,7 +8,7 @@ Measured in one run, on the same decoded clip:
   - Haar instead of YuNet, for reference;
   - per-face latency of align_face and of the classifier.
 Faces are real FER2013 images upscaled when ../shared/data is present, else
-synthetic ones from data_tools.synthetic. Without --model it uses the shipped
+synthetic ones from data_tools.synthetic_faces. Without --model it uses the shipped
 models/fer2013/model_int8.tflite, or builds an untrained FERNet int8 stand-in
 (same ops and size, so the same speed). The `fer` package pipeline is timed
 too when it is importable (it needs torch + facenet-pytorch, not in this stack).
@@ -55,11 +55,11 @@ def face_images(n: int = 3) -> tuple[list[np.ndarray], str]:
             candidates = [np.array(next(rows)[1].split(), np.uint8).reshape(48, 48) for _ in range(200)]
             source = "FER2013 faces upscaled to 150 px"
     else:
-        from data_tools.synthetic import render_face_large
+        from data_tools.synthetic_faces import render_face_large
 
         rng = np.random.default_rng(0)
         candidates = (render_face_large(i % 7, rng, 160) for i in range(200))
-        source = "synthetic faces (data_tools.synthetic)"
+        source = "synthetic faces (data_tools.synthetic_faces)"
     faces = []
     for face in candidates:
         face = cv2.resize(face, (150, 150), interpolation=cv2.INTER_CUBIC)

@@ -24,6 +24,7 @@ stderr with exit code 2.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import tempfile
@@ -74,7 +75,7 @@ def _ferplus(path: str, options: dict[str, Any]) -> Any:
 def _image_source(module: str, function: str) -> Callable[[str, dict[str, Any]], Any]:
     # Imported when used, so that a missing or broken image module never breaks the CSV formats.
     def build(path: str, options: dict[str, Any]) -> Any:
-        keys = ("classes", "image_size", "channels", "seed", "align")
+        keys = ("classes", "image_size", "channels", "seed", "align", "val_fraction")
         return getattr(importlib.import_module(module), function)(path, **{key: options[key] for key in keys})
 
     return build
@@ -90,6 +91,92 @@ SOURCES: dict[str, Callable[[str, dict[str, Any]], Any]] = {
     "sfew": _image_source("data_tools.layouts", "sfew_source"),
     "ckplus": _image_source("data_tools.layouts", "ckplus_source"),
 }
+
+
+def default_options(input_path: str, **overrides: Any) -> dict[str, Any]:
+    """The options every `SOURCES` builder reads, with the CLI's defaults.
+
+    Args:
+      input_path: the raw CSV or dataset root (FER+ votes default to
+        `fer2013new.csv` beside it).
+      **overrides: any option to change, e.g. image_size=64, channels=3.
+    """
+    options = {
+        "ferplus_labels": os.path.join(os.path.dirname(os.path.abspath(input_path)), "fer2013new.csv"),
+        "ferplus_classes": 8,
+        "split_if_missing": None,
+        "seed": 0,
+        "classes": None,
+        "image_size": 48,
+        "channels": 1,
+        "align": False,
+        "val_fraction": 0.0,
+        "progress": True,
+    }
+    unknown = set(overrides) - set(options)
+    if unknown:
+        raise TypeError(f"unknown conversion options: {sorted(unknown)}")
+    options.update(overrides)
+    return options
+
+
+def prepare(fmt: str, input_path: str, output_dir: str, **overrides: Any) -> dict[str, Any]:
+    """Converts a raw dataset with default options; how train.py builds missing TFRecords.
+
+    Args:
+      fmt: a key of `SOURCES` (fer2013, ferplus, folder, rafdb, expw, sfew, ckplus).
+      input_path: the raw CSV or dataset root.
+      output_dir: the dataset directory to write.
+      **overrides: options of `default_options`.
+
+    Returns:
+      The dataset_info dict that was written.
+    """
+    from data_tools import writer
+
+    options = default_options(input_path, **overrides)
+    source = SOURCES[fmt](input_path, options)
+    return writer.convert(source, output_dir, progress=options["progress"])
+
+
+FER2013_HELP = (
+    "FER2013 is not bundled. Download fer2013.csv from Kaggle "
+    "(https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge/data),"
+    " put it at {path} (or pass --raw_data=PATH), and re-run."
+)
+
+
+def prepare_dataset(
+    raw: str, data_dir: str, raw_format: str = "fer2013", **overrides: Any
+) -> dict[str, Any] | None:
+    """Converts a raw download into `data_dir` unless a converted dataset is already there.
+
+    The entry scripts (train.py, study.py) call this so that a first run
+    converts the user's download itself (`prepare` with default options).
+
+    Args:
+      raw: the raw CSV (`<raw>.gz` is also tried, as Kaggle ships it) or dataset root.
+      data_dir: the dataset directory to write.
+      raw_format: a key of `SOURCES`.
+      **overrides: options of `default_options`, e.g. image_size=64, val_fraction=0.1.
+
+    Returns:
+      The new dataset_info, or None when `data_dir` already holds a dataset.
+
+    Raises:
+      FileNotFoundError: `raw` is missing (for FER2013 and FER+, with download instructions).
+    """
+    if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+        return None
+    path = raw if os.path.exists(raw) or not os.path.exists(raw + ".gz") else raw + ".gz"
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            FER2013_HELP.format(path=raw)
+            if raw_format in ("fer2013", "ferplus")
+            else f"raw data {raw} not found"
+        )
+    print(f"preparing {data_dir} from {path} ({raw_format})", flush=True)
+    return prepare(raw_format, path, data_dir, **overrides)
 
 
 def define_flags() -> None:
@@ -124,25 +211,27 @@ def main(argv: Sequence[str]) -> None:
     f = FLAGS
     if not os.path.exists(f.input):
         fail(f"--input={f.input} does not exist")
-    options = {
-        "ferplus_labels": f.ferplus_labels
-        or os.path.join(os.path.dirname(os.path.abspath(f.input)), "fer2013new.csv"),
-        "ferplus_classes": int(f.ferplus_classes),
-        "split_if_missing": _fractions(f.split_if_missing),
-        "seed": f.seed,
-        "classes": f.classes or None,
-        "image_size": f.image_size,
-        "channels": f.channels,
-        "align": f.align,
-        "progress": f.progress,
-    }
+    options = default_options(
+        f.input,
+        ferplus_classes=int(f.ferplus_classes),
+        split_if_missing=_fractions(f.split_if_missing),
+        seed=f.seed,
+        classes=f.classes or None,
+        image_size=f.image_size,
+        channels=f.channels,
+        align=f.align,
+        progress=f.progress,
+    )
+    if f.ferplus_labels:
+        options["ferplus_labels"] = f.ferplus_labels
     if f.format == "ferplus" and not os.path.exists(options["ferplus_labels"]):
         fail(f"--ferplus_labels={options['ferplus_labels']} does not exist")
     pipeline_args = list(argv[1:])
     if f.num_workers > 1:
         pipeline_args += [f"--direct_num_workers={f.num_workers}", "--direct_running_mode=multi_processing"]
-    # Import-time chatter of Beam's Google Cloud dependencies, not about this conversion.
+    # Chatter of Beam and its Google Cloud dependencies, not about this conversion.
     warnings.filterwarnings("ignore", category=FutureWarning, module="google")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     from data_tools import writer
 
     convert_kw = {

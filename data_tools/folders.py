@@ -1,4 +1,4 @@
-"""Image folders (and labels CSVs) as converter Sources; the image decoding every layout shares.
+"""Image folders (and labels CSVs) as converter Sources; the source assembly every layout shares.
 
 Layouts under `root` (a lone wrapper folder such as `archive/` is looked through):
 
@@ -15,10 +15,8 @@ contempt, keeping only the classes found. Names that are no known emotion stay
 classes of their own, lowercased and sorted after the canonical ones, because
 users train on custom labels. `classes=` fixes order and selection instead.
 
-Images: anything `cv2.imdecode` reads (8/16 bit, gray, colour, alpha dropped,
-EXIF orientation applied), read with `np.fromfile` so non-ASCII paths work,
-stored gray (channels=1) or RGB (3), resized to a square with INTER_AREA when
-shrinking (no crop: aspect ratio is not kept, as in `preprocess_for_eval`).
+Images are decoded by `data_tools.images` (any format OpenCV reads, stored as a
+gray or RGB square); missing splits are drawn by `data_tools.splits`.
 
 Bad input is counted by reason in `Source.skipped` and dataset_info.json, never
 fatal here (the writer's `strict` makes it fatal). Listing time:
@@ -37,18 +35,14 @@ from __future__ import annotations
 
 import collections
 import csv
-import dataclasses
-import functools
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import cv2
-import numpy as np
-
-from data_tools.writer import Record, Skip, Source
-from fer_tf import inference, schema
+from data_tools.images import ImageDecoder, ImageItem
+from data_tools.splits import draw_splits, group_of
+from data_tools.writer import Source
+from fer_tf import schema
 
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
@@ -89,16 +83,6 @@ class Entry(NamedTuple):
     box: tuple[int, int, int, int] | None = None  # face box (x0, y0, x1, y1) to crop
 
 
-class ImageItem(NamedTuple):
-    """One `Source.items` element: all a worker needs to decode one image."""
-
-    split: str
-    image_id: str
-    label: int
-    paths: tuple[str, ...]
-    box: tuple[int, int, int, int] | None = None
-
-
 def canonical_class(name: str) -> str:
     """Maps a folder name, CSV label or alias to its canonical lowercase class name.
 
@@ -118,187 +102,6 @@ def label_name(value: str) -> str | None:
         code = int(value)
         return schema.FERPLUS_CLASSES[code] if 0 <= code < len(schema.FERPLUS_CLASSES) else None
     return canonical_class(value)
-
-
-# ---------------------------------------------------------------- decoding
-
-
-@functools.cache
-def _face_detector(kind: str = "yunet") -> Any:
-    # One detector per worker process, built on first use: decode runs in Beam
-    # workers and only --align needs the ONNX model.
-    return inference.FaceDetector(kind)
-
-
-def read_image(path: str) -> np.ndarray:
-    """Reads any image OpenCV decodes (8/16 bit, gray, colour, alpha) as uint8 BGR [H, W, 3].
-
-    Raises:
-      Skip: missing_file, empty_file, truncated_image or unreadable_image.
-    """
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # not cv2.imread: it fails on non-ASCII paths
-    except FileNotFoundError:
-        raise Skip("missing_file", path) from None
-    except OSError as e:
-        raise Skip("unreadable_image", f"{path}: {e}") from None
-    if data.size == 0:
-        raise Skip("empty_file", path)
-    if _is_truncated(data.tobytes()):
-        raise Skip("truncated_image", path)
-    # IMREAD_COLOR applies EXIF orientation and drops alpha (as preprocess_for_eval does);
-    # ANYDEPTH keeps 16-bit precision until the rescale below.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-    if image is None or image.size == 0:
-        raise Skip("unreadable_image", path)
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = (np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return image
-
-
-def _is_truncated(data: bytes) -> bool:
-    # Some decoders fill a cut-off image with grey instead of failing: check the end markers.
-    if data.startswith(b"\xff\xd8"):  # JPEG: EOI must follow the last start-of-scan
-        sos = data.rfind(b"\xff\xda")
-        return sos >= 0 and data.find(b"\xff\xd9", sos) < 0
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return b"IEND" not in data[-64:]
-    return False
-
-
-def crop_box(image: np.ndarray, box: Sequence[int], detail: str, context: float = 0.0) -> np.ndarray:
-    """Crops box (x0, y0, x1, y1), grown by `context` x its size per side, clamped to the image.
-
-    Raises:
-      Skip: bad_box when the box is empty, inverted or outside the image.
-    """
-    x0, y0, x1, y1 = (int(v) for v in box)
-    if x1 <= x0 or y1 <= y0:
-        raise Skip("bad_box", f"{detail}: box {tuple(box)}")
-    dx, dy = int(context * (x1 - x0)), int(context * (y1 - y0))
-    height, width = image.shape[:2]
-    x0, y0 = max(x0 - dx, 0), max(y0 - dy, 0)
-    x1, y1 = min(x1 + dx, width), min(y1 + dy, height)
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        raise Skip("bad_box", f"{detail}: box {tuple(box)} outside the {width}x{height} image")
-    return image[y0:y1, x0:x1]
-
-
-def to_model_image(bgr: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """Converts uint8 BGR to gray (channels=1) or RGB (3) and resizes to a square uint8 [S, S, C]."""
-    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY if channels == 1 else cv2.COLOR_BGR2RGB)
-    height, width = image.shape[:2]
-    if (height, width) != (image_size, image_size):
-        # INTER_AREA averages when shrinking (no aliasing); it is no better than linear when enlarging.
-        shrink = height > image_size or width > image_size
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        image = cv2.resize(image, (image_size, image_size), interpolation=interpolation)
-    return image.reshape(image_size, image_size, channels)
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageDecoder:
-    """`Source.decode`: reads an `ImageItem` into a `Record`; picklable for Beam workers.
-
-    Attributes:
-      image_size: side of the square output.
-      channels: 1 (gray) or 3 (RGB).
-      align: detect the face with YuNet and align it by the eye line; no face -> Skip("no_face").
-      margin: the crop margin around the aligned face.
-    """
-
-    image_size: int = 48
-    channels: int = 1
-    align: bool = False
-    margin: float = 0.2
-
-    def __call__(self, item: ImageItem) -> Record:
-        path = next((p for p in item.paths if os.path.exists(p)), None)
-        if path is None:
-            raise Skip("missing_file", item.paths[0])
-        image = read_image(path)
-        if item.box is not None:
-            # With align, keep some context so the detector sees the whole face.
-            image = crop_box(image, item.box, item.image_id, context=0.25 if self.align else 0.0)
-        if self.align:
-            image = self._aligned(image, path)
-        else:
-            image = to_model_image(image, self.image_size, self.channels)
-        return Record(split=item.split, image_id=item.image_id, image=image, label=item.label)
-
-    def _aligned(self, bgr: np.ndarray, path: str) -> np.ndarray:
-        faces = _face_detector("yunet").detect(bgr)
-        if not faces:
-            raise Skip("no_face", path)
-        # The most confident face: in a face dataset, the subject, not a bystander.
-        face = max(faces, key=lambda f: f.score)
-        image = inference.align_face(
-            bgr, face, output_size=self.image_size, margin=self.margin, channels=self.channels
-        )
-        return np.asarray(image, dtype=np.uint8).reshape(self.image_size, self.image_size, self.channels)
-
-
-# ---------------------------------------------------------------- splitting
-
-
-def assign_splits(
-    labels: Sequence[int],
-    fractions: Sequence[float],
-    seed: int,
-    groups: Sequence[str] | None = None,
-    names: Sequence[str] = schema.SPLITS,
-) -> list[str]:
-    """Draws a stratified, seeded split; deterministic for a given input order and seed.
-
-    Args:
-      labels: class index per example.
-      fractions: one fraction per split name, summing to 1.
-      seed: the random seed.
-      groups: optional group per example (e.g. a subject); a group never spans two splits.
-      names: the split names, in the order of `fractions`.
-
-    Returns:
-      The split name of each example.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.empty(len(labels), dtype=object)
-    if groups is None:
-        for label in np.unique(labels):
-            index = np.flatnonzero(labels == label)
-            index = index[np.random.default_rng([seed, int(label)]).permutation(len(index))]
-            cuts = np.floor(np.cumsum(fractions) * len(index) + 0.5).astype(int)
-            for name, part in zip(names, np.split(index, cuts[:-1]), strict=True):
-                out[part] = name
-        return list(out)
-    # Greedy: each group, in seeded order (largest first), goes to the split whose
-    # per-class quota it fills best, so classes stay near `fractions` in every split.
-    members = collections.defaultdict(list)
-    for i, group in enumerate(groups):
-        members[group].append(i)
-    order = [sorted(members)[i] for i in np.random.default_rng(seed).permutation(len(members))]
-    order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the seeded order
-    num_classes = int(labels.max()) + 1 if len(labels) else 0
-    need = np.outer(fractions, np.bincount(labels, minlength=num_classes)).astype(float)
-    for group in order:
-        hist = np.bincount(labels[members[group]], minlength=num_classes)
-        # Ties (common in small sets) go to the split that is furthest from its size.
-        best = int(np.argmax(need @ hist + 1e-6 * need.sum(axis=1)))
-        need[best] -= hist
-        out[members[group]] = names[best]
-    return list(out)
-
-
-def group_of(image_id: str, pattern: str) -> str:
-    """The group of an image: the first regex group (or match) of `pattern` in its file name.
-
-    Files the pattern does not match form a group of their own.
-    """
-    match = re.search(pattern, os.path.basename(image_id))
-    if match is None:
-        return image_id
-    return match.group(1) if match.groups() else match.group(0)
 
 
 # ---------------------------------------------------------------- source assembly
@@ -370,7 +173,9 @@ def build_source(
     if not kept:
         raise ValueError(f"{name}: no labelled image found (skipped: {dict(skipped)})")
     labels = [index[e.class_name] for e in kept]
-    splits = _draw_splits(kept, labels, split, val_fraction, seed)
+    # Once any entry has a group, an entry without one is a group of its own.
+    groups = [e.group or e.image_id for e in kept] if any(e.group for e in kept) else None
+    splits = draw_splits([e.split for e in kept], labels, groups, split, val_fraction, seed)
     items = sorted(
         (ImageItem(s, e.image_id, y, e.paths, e.box) for e, y, s in zip(kept, labels, splits, strict=True)),
         key=lambda item: (schema.SPLITS.index(item.split), item.image_id),
@@ -394,29 +199,6 @@ def build_source(
         skipped={k: v for k, v in skipped.items() if v},
         details=details,
     )
-
-
-def _draw_splits(entries, labels, split, val_fraction, seed) -> list[str]:
-    splits = [e.split for e in entries]
-    grouped = any(e.group for e in entries)
-
-    def draw(indices, fractions, names):
-        groups = [entries[i].group or entries[i].image_id for i in indices] if grouped else None
-        for i, s in zip(
-            indices, assign_splits([labels[i] for i in indices], fractions, seed, groups, names), strict=True
-        ):
-            splits[i] = s
-
-    draw([i for i, s in enumerate(splits) if s is None], split, schema.SPLITS)
-    if val_fraction > 0:
-        if "val" in splits:
-            raise ValueError("val_fraction needs a layout without a val split; this one has one")
-        draw(
-            [i for i, s in enumerate(splits) if s == "train"],
-            (1.0 - val_fraction, val_fraction),
-            ("train", "val"),
-        )
-    return splits
 
 
 # ---------------------------------------------------------------- listing

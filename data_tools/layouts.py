@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from data_tools import folders
-from data_tools.folders import DEFAULT_SPLIT, Entry, ImageDecoder
+from data_tools.folders import DEFAULT_SPLIT, Entry
+from data_tools.images import ImageDecoder
 from data_tools.writer import Source
 from fer_tf import schema
 

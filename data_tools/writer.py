@@ -4,8 +4,8 @@ Every dataset format (FER2013 CSV, FER+, image folders, RAF-DB, ...) only says h
 to list its raw inputs and how to decode one of them into a `Record`; this module
 does the rest with one Apache Beam pipeline:
 
-    stage items in chunks ─▶ decode + serialize ─▶ count per split ─▶ assign shards ─▶ write shards
-                                 └─▶ skips (by reason) ─────────────────────────────▶ summary
+    stage items in chunks ─▶ decode + serialize ─▶ assign shards ─▶ group by shard ─▶ write shards
+                                 └─▶ per-chunk stats ─▶ totals (split sizes, skips) ──▶ summary
 
 - Speed: Beam's per-element overhead is paid per chunk of `_CHUNK_SIZE` items, not per image.
 - Determinism: a record's shard is a stable hash of its `image_id` and records are
@@ -13,11 +13,11 @@ does the rest with one Apache Beam pipeline:
   runner and any number of workers.
 - Atomicity: everything is written into a temp dir beside `output_dir` and renamed
   into place at the end; a failure removes the temp dir and leaves the old output intact.
-- Runners: the DirectRunner in-process by default; `--direct_num_workers=2
-  --direct_running_mode=multi_processing`, or `--runner=DataflowRunner ...`, through
-  `pipeline_args`. Workers read the staged items and write the shards directly, so
-  the output directory must be visible to every worker (any path for the
-  DirectRunner; a shared mount for a cluster runner).
+- Runners: in-process by default (Beam's BundleBasedDirectRunner); worker processes
+  with `--direct_num_workers=2 --direct_running_mode=multi_processing`, or any runner
+  (`--runner=DataflowRunner ...`), through `pipeline_args`. Workers read the staged
+  items and write the shards themselves, so the output directory must be visible to
+  every worker (any path for the direct runners; a shared mount for a cluster).
 """
 
 # No `from __future__ import annotations`: Beam reads the type hints of the functions

@@ -30,7 +30,7 @@ def resolve_flagfiles(argv: Sequence[str], config_dir: str = CONFIG_DIR) -> list
     for arg in argv:
         prefix = next((p for p in ("--flagfile=", "-flagfile=") if arg.startswith(p)), None)
         if prefix:
-            path = arg[len(prefix):]
+            path = arg[len(prefix) :]
             candidates = [path, os.path.join(config_dir, path), os.path.join(config_dir, path + ".flags")]
             found = next((c for c in candidates if os.path.isfile(c)), None)
             if found is None:

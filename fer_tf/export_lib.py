@@ -12,7 +12,8 @@ Pitfalls). It has two endpoints sharing one set of weights:
 
 `export_run` writes everything into a temporary directory beside the output
 and renames it only after every TFLite variant agrees with the SavedModel on
-the validation split, so a refused export leaves nothing behind.
+the validation split, so a refused export leaves nothing behind. The run is
+read through `fer_tf.runs`; `fer_tf.predict` loads the result for inference.
 """
 
 from __future__ import annotations
@@ -32,13 +33,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# models: importing the registry registers fer_tf's custom layers, so that
-# `model.keras` files that use them load.
-from fer_tf import data, inference, metrics, models, schema  # noqa: F401
+from fer_tf import data, metrics, runs, schema
+from fer_tf.predict import LABELS_FILE, METADATA_FILE, SAVED_MODEL_DIR, SavedModelPredictor, TFLitePredictor
 
-SAVED_MODEL_DIR = "saved_model"
-LABELS_FILE = "labels.txt"
-METADATA_FILE = "metadata.json"
 TFLITE_FILES = {
     "float32": "model_float32.tflite",
     "float16": "model_float16.tflite",
@@ -52,113 +49,6 @@ FLOAT_PARITY = {"float32": 0.999, "float16": 0.99}
 
 class ParityError(RuntimeError):
     """A TFLite variant disagrees with the SavedModel too often to be shipped."""
-
-
-# ---------------------------------------------------------------- run reading
-
-
-def read_flags(path: str) -> dict[str, str]:
-    """Parses an absl flagfile into {name: value}; `--flag`/`--noflag` give "true"/"false".
-
-    A missing file gives an empty dict.
-    """
-    if not os.path.exists(path):
-        return {}
-    flags = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("--"):
-                continue
-            name, sep, value = line[2:].partition("=")
-            if not sep:
-                # absl writes booleans as --flag / --noflag.
-                value = "false" if name.startswith("no") else "true"
-                name = name[2:] if name.startswith("no") else name
-            flags[name] = value
-    return flags
-
-
-def read_run_info(run_dir: str) -> dict[str, Any]:
-    """Reads and checks `run_info.json` of a run directory.
-
-    Raises:
-      FileNotFoundError: when the run directory or its files are missing.
-      ValueError: when a required key is missing.
-    """
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run directory {run_dir} not found")
-    path = os.path.join(run_dir, "run_info.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
-    with open(path) as f:
-        info = json.load(f)
-    missing = [k for k in ("data_dir", "class_names", "image_size", "channels") if k not in info]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}")
-    return info
-
-
-def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:
-    """Loads `model.keras` of a run, with fer_tf's custom layers registered.
-
-    Raises:
-      FileNotFoundError: when `model.keras` is missing.
-      ValueError: when the model cannot be deserialized (e.g. a custom layer
-        that is not importable) or its input shape differs from the run's.
-    """
-    path = os.path.join(run_dir, "model.keras")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: has the run finished an epoch?")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as err:  # Keras raises TypeError/ValueError/KeyError here.
-        name = run_info.get("model", "?")
-        raise ValueError(
-            f"cannot load {path} (model {name!r}); its custom layers must be importable "
-            f"from fer_tf.models: {str(err).splitlines()[0]}"
-        ) from err
-    size, channels = int(run_info["image_size"]), int(run_info["channels"])
-    if tuple(model.input_shape[1:]) != (size, size, channels):
-        raise ValueError(
-            f"{path}: input shape {model.input_shape} differs from run_info [{size},{size},{channels}]"
-        )
-    return model
-
-
-def train_log_prior(run_info: Mapping[str, Any], data_info: Mapping[str, Any] | None) -> np.ndarray:
-    """Returns log class priors of the training split, in run class order.
-
-    Read from `run_info["train_class_counts"]` (dict by name or list), else from
-    the dataset's `dataset_info.json`. Empty classes count as one image, so the
-    adjustment stays finite.
-    """
-    names = list(run_info["class_names"])
-    counts = run_info.get("train_class_counts")
-    if counts is None and data_info is not None:
-        counts = data_info["splits"]["train"]["class_counts"]
-    if counts is None:
-        raise ValueError("logit adjustment needs train class counts (run_info.json or dataset_info.json)")
-    if isinstance(counts, Mapping):
-        counts = [counts[name] for name in names]
-    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
-    return np.log(counts / counts.sum()).astype(np.float32)
-
-
-# ---------------------------------------------------------------- data
-
-
-def to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """Resizes uint8 images to the fixed TFLite input `[N, S, S, C]`, still uint8.
-
-    Uses `preprocess_for_eval` (the serving preprocessing) and rounds back to
-    uint8, so a TFLite model sees what the SavedModel sees up to rounding.
-    """
-    images = np.asarray(images)
-    if images.shape[1:] == (image_size, image_size, channels):
-        return images.astype(np.uint8, copy=False)
-    x = data.preprocess_for_eval(images, image_size, channels).numpy()
-    return np.round(x * 255.0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- SavedModel
@@ -258,72 +148,6 @@ def convert_tflite(saved_model_dir: str, variant: str, representative: np.ndarra
     return converter.convert()
 
 
-# ---------------------------------------------------------------- predictors
-# Thin batch wrappers over fer_tf.inference's classifiers (which take faces at
-# model size and must run without TensorFlow): these add the serving
-# preprocessing for images of any size, for evaluate.py and the parity check.
-
-
-class TFLitePredictor:
-    """uint8 images `[N, H, W, C]` of any size -> probabilities `[N, K]` with a .tflite model."""
-
-    def __init__(self, path: str, class_names: Sequence[str] | None = None, num_threads: int = 1):
-        self.classifier = inference.TFLiteClassifier(path, num_threads, class_names)
-        self.class_names = self.classifier.class_names
-        self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.classifier.predict_faces(to_model_input(images, self.image_size, self.channels))
-
-
-class SavedModelPredictor:
-    """uint8 images `[N, H, W, C]` -> probabilities `[N, K]` through `serving_default`."""
-
-    def __init__(self, saved_model_dir: str, class_names: Sequence[str] | None = None, batch_size: int = 256):
-        self.classifier = inference.SavedModelClassifier(saved_model_dir, class_names)
-        self.class_names = self.classifier.class_names
-        self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
-        self.batch_size = batch_size
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images, dtype=np.uint8)
-        batches = range(0, len(images), self.batch_size)
-        out = [self.classifier.predict_faces(list(images[i : i + self.batch_size])) for i in batches]
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
-
-
-def load_exported(path: str, num_threads: int = 1) -> TFLitePredictor | SavedModelPredictor:
-    """Loads an export directory, its `saved_model/`, or a `.tflite` file as a predictor.
-
-    Args:
-      path: the export directory (uses `saved_model/`), a SavedModel directory,
-        or a `.tflite` file (class names from `labels.txt` beside it).
-      num_threads: TFLite interpreter threads.
-
-    Returns:
-      A callable uint8 `[N, H, W, C]` -> float32 probabilities `[N, K]`, with
-      attributes `class_names`, `image_size` and `channels`.
-
-    Raises:
-      FileNotFoundError: when `path` is none of these, or no class names are found.
-    """
-    path = os.fspath(path)
-    if os.path.isfile(path) and path.endswith(".tflite"):
-        names = inference.read_class_names(os.path.dirname(os.path.abspath(path)))
-        if names is None:
-            raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} beside {path}")
-        return TFLitePredictor(path, names, num_threads)
-    is_export = os.path.isfile(os.path.join(path, SAVED_MODEL_DIR, "saved_model.pb"))
-    if not is_export and not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        raise FileNotFoundError(f"{path} is neither an export directory, a SavedModel nor a .tflite file")
-    names = inference.read_class_names(path) or inference.read_class_names(
-        os.path.dirname(os.path.abspath(path))
-    )
-    if names is None:
-        raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} found for {path}")
-    return SavedModelPredictor(path, names)
-
-
 # ---------------------------------------------------------------- parity and export
 
 
@@ -412,8 +236,8 @@ def _preprocessing(image_size: int, channels: int, logit_adjust_tau: float, tta_
 
 def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """Writes a complete export into `staging` and returns its metadata; raises ParityError."""
-    run_info = read_run_info(run_dir)
-    model = load_run_model(run_dir, run_info)
+    run_info = runs.read_run_info(run_dir)
+    model = runs.load_run_model(run_dir, run_info)
     data_dir = _resolve_data_dir(run_info["data_dir"], run_dir)
     data_info = schema.read_dataset_info(data_dir)
     class_names = [str(c) for c in run_info["class_names"]]
@@ -427,7 +251,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     size, channels, tau = int(run_info["image_size"]), int(run_info["channels"]), options["logit_adjust_tau"]
     variants = ["float32"] + ["float16"] * options["fp16"] + ["int8"] * options["int8"]
 
-    log_prior = train_log_prior(run_info, data_info) if tau else None
+    log_prior = runs.train_log_prior(run_info, data_info) if tau else None
     archive = build_export_archive(model, class_names, logit_adjust_tau=tau, log_prior=log_prior,
                                    tta_flip=options["tta_flip"])  # fmt: skip
     archive.write_out(os.path.join(staging, SAVED_MODEL_DIR), verbose=False)
@@ -460,7 +284,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
         "parity": results,
         "tflite_files": sizes,
         "export_options": dict(options),
-        "flags": read_flags(os.path.join(run_dir, "flags.txt")),
+        "flags": runs.read_flags(os.path.join(run_dir, "flags.txt")),
     }
     with open(os.path.join(staging, LABELS_FILE), "w") as f:
         f.write("".join(f"{name}\n" for name in class_names))
@@ -523,7 +347,7 @@ def export_run(
                    tta_flip=tta_flip, representative_samples=representative_samples,
                    parity_samples=parity_samples, seed=seed)  # fmt: skip
     output_dir = os.path.normpath(output_dir)  # "export/" -> "export", for the renames
-    read_run_info(run_dir)  # fail on a bad run before touching the output
+    runs.read_run_info(run_dir)  # fail on a bad run before touching the output
     if os.path.isfile(output_dir) or (
         os.path.isdir(output_dir)
         and os.listdir(output_dir)

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import augment, data, losses, metrics, models, report, schema
+from fer_tf import augment, data, losses, metrics, model_tools, models, report, schema
 from fer_tf import callbacks as cb
 
 BEST_CHECKPOINT = os.path.join("checkpoints", "best.keras")
@@ -115,8 +115,12 @@ def train(config: TrainConfig, flags_text: str = "") -> dict[str, Any]:
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     train_ds = _train_input(config, info, strategy, epoch_var)
     val_ds = data.make_eval_dataset(
-        config.data_dir, info, "val", batch_size=256,
-        image_size=config.image_size, channels=config.channels,
+        config.data_dir,
+        info,
+        "val",
+        batch_size=256,
+        image_size=config.image_size,
+        channels=config.channels,
     )
 
     # --- model, loss, optimizer
@@ -130,7 +134,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict[str, Any]:
         )
         if config.strategy == "multi_worker":
             _prebuild_for_multi_worker(model, train_ds)
-    print(models.summary_line(model), flush=True)
+    print(model_tools.summary_line(model), flush=True)
     _write_run_info(config, info, model)
 
     # --- fit
@@ -141,8 +145,12 @@ def train(config: TrainConfig, flags_text: str = "") -> dict[str, Any]:
         counts = schema.class_counts(info, "train")
         class_weight = losses.class_weights(counts, mode=config.class_weight, beta=config.cb_beta)
     model.fit(
-        train_ds, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-        class_weight=class_weight, verbose=config.verbose,
+        train_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        class_weight=class_weight,
+        verbose=config.verbose,
     )
 
     # --- save
@@ -174,12 +182,20 @@ def _train_input(config, info, strategy, epoch_var):
         task = resolver.task_id if resolver and resolver.task_id is not None else 0
         context = tf.distribute.InputContext(workers, task, strategy.num_replicas_in_sync)
     ds = data.make_train_dataset(
-        config.data_dir, info, batch_size=config.batch_size, image_size=config.image_size,
-        channels=config.channels, sampling=config.sampling,
+        config.data_dir,
+        info,
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        channels=config.channels,
+        sampling=config.sampling,
         augmentations=config.augmentations or augment.DEFAULT_AUGMENTATIONS,
-        aug_strength=config.aug_strength, mixup_alpha=config.mixup_alpha,
-        cutmix_alpha=config.cutmix_alpha, soft_labels=config.soft_labels, epoch=epoch_var,
-        progressive_epochs=config.progressive_epochs or config.epochs, seed=config.seed,
+        aug_strength=config.aug_strength,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
+        soft_labels=config.soft_labels,
+        epoch=epoch_var,
+        progressive_epochs=config.progressive_epochs or config.epochs,
+        seed=config.seed,
         input_context=context,
     )
     if context is not None:
@@ -218,14 +234,16 @@ def _build_model(config: TrainConfig, num_classes: int) -> keras.Model:
         for layer in model.layers:
             layer.trainable = layer is head
         # cRT re-learns the classifier from scratch on balanced batches.
-        head.set_weights([
-            np.asarray(head.kernel_initializer(w.shape)) if w.ndim >= 2 else np.zeros(w.shape)
-            for w in head.get_weights()
-        ])
+        head.set_weights(
+            [
+                np.asarray(head.kernel_initializer(w.shape)) if w.ndim >= 2 else np.zeros(w.shape)
+                for w in head.get_weights()
+            ]
+        )
         return model
     model = models.build_model(config.model, num_classes, input_shape, **dict(config.model_kwargs))
     if config.init_weights:
-        loaded, skipped = models.load_init_weights(model, config.init_weights)
+        loaded, skipped = model_tools.load_init_weights(model, config.init_weights)
         print(f"init_weights: loaded {len(loaded)} layers, skipped {len(skipped)}: {skipped}")
     return model
 
@@ -235,13 +253,18 @@ def make_loss(config: TrainConfig, info: Mapping[str, Any]) -> keras.losses.Loss
     counts = schema.class_counts(info, "train")
     kwargs: dict[str, Any] = {
         "crossentropy": {"label_smoothing": config.label_smoothing},
-        "focal": {"gamma": config.focal_gamma, "alpha": list(config.focal_alpha) or None,
-                  "label_smoothing": config.label_smoothing},
+        "focal": {
+            "gamma": config.focal_gamma,
+            "alpha": list(config.focal_alpha) or None,
+            "label_smoothing": config.label_smoothing,
+        },
         "class_balanced": {"class_counts": counts, "beta": config.cb_beta},
-        "class_balanced_focal": {"class_counts": counts, "beta": config.cb_beta,
-                                 "gamma": config.focal_gamma},
-        "logit_adjusted": {"class_counts": counts, "tau": config.la_tau,
-                           "label_smoothing": config.label_smoothing},
+        "class_balanced_focal": {"class_counts": counts, "beta": config.cb_beta, "gamma": config.focal_gamma},
+        "logit_adjusted": {
+            "class_counts": counts,
+            "tau": config.la_tau,
+            "label_smoothing": config.label_smoothing,
+        },
         "balanced_softmax": {"class_counts": counts},
     }.get(config.loss)
     if kwargs is None or config.loss not in losses.LOSSES:
@@ -269,8 +292,11 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int):
     lr = config.learning_rate
     if config.schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
-            lr / 10 if warmup else lr, decay_steps=total - warmup, alpha=0.01,
-            warmup_target=lr if warmup else None, warmup_steps=warmup,
+            lr / 10 if warmup else lr,
+            decay_steps=total - warmup,
+            alpha=0.01,
+            warmup_target=lr if warmup else None,
+            warmup_steps=warmup,
         )
     if config.schedule == "onecycle":
         return OneCycle(lr, total_steps=total, warmup_fraction=max(warmup / total, 0.1))
@@ -300,8 +326,11 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < up, rising, tf.maximum(falling, self.max_lr * 1e-4))
 
     def get_config(self):
-        return {"max_lr": self.max_lr, "total_steps": self.total_steps,
-                "warmup_fraction": self.warmup_fraction}
+        return {
+            "max_lr": self.max_lr,
+            "total_steps": self.total_steps,
+            "warmup_fraction": self.warmup_fraction,
+        }
 
 
 def _callbacks(config, class_names, val_ds, epoch_var, steps):
@@ -331,7 +360,9 @@ def _callbacks(config, class_names, val_ds, epoch_var, steps):
         cb.RestoreBest(history_csv, config.monitor, tracked),
         keras.callbacks.TensorBoard(os.path.join(run, "logs")),
         cb.ConfusionMatrixImage(
-            os.path.join(run, "logs"), lambda: validation.confusion_matrix, class_names,
+            os.path.join(run, "logs"),
+            lambda: validation.confusion_matrix,
+            class_names,
             report.confusion_matrix_image,
         ),
         keras.callbacks.CSVLogger(history_csv, append=True),
@@ -349,8 +380,9 @@ def _finish(config: TrainConfig, model, val_ds, class_names) -> dict[str, Any]:
     result = metrics.classification_report(y_true, logits, class_names)
     with open(os.path.join(run, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
-    report.plot_confusion_matrix(result["confusion_matrix"], class_names,
-                                 os.path.join(run, "confusion_matrix.png"))
+    report.plot_confusion_matrix(
+        result["confusion_matrix"], class_names, os.path.join(run, "confusion_matrix.png")
+    )
     report.plot_training_curves(os.path.join(run, "history.csv"), os.path.join(run, "curves.png"))
     shutil.rmtree(os.path.join(run, "backup"), ignore_errors=True)
     print(
@@ -379,7 +411,22 @@ def _write_run_info(config: TrainConfig, info: Mapping[str, Any], model: keras.M
 
 
 def _hparams(config: TrainConfig) -> dict[str, Any]:
-    keys = ("model", "batch_size", "epochs", "sampling", "loss", "label_smoothing", "focal_gamma",
-            "la_tau", "class_weight", "optimizer", "learning_rate", "weight_decay", "schedule",
-            "mixup_alpha", "cutmix_alpha", "seed")
+    keys = (
+        "model",
+        "batch_size",
+        "epochs",
+        "sampling",
+        "loss",
+        "label_smoothing",
+        "focal_gamma",
+        "la_tau",
+        "class_weight",
+        "optimizer",
+        "learning_rate",
+        "weight_decay",
+        "schedule",
+        "mixup_alpha",
+        "cutmix_alpha",
+        "seed",
+    )
     return {k: getattr(config, k) for k in keys}

@@ -80,9 +80,11 @@ def test_registry_covers_every_format_and_passes_image_options(tmp_path, monkeyp
     folders = pytest.importorskip("data_tools.folders")
     calls = []
     monkeypatch.setattr(folders, "folder_source", lambda root, **kw: calls.append((root, kw)) or "source")
-    options = {"classes": ["happy", "sad"], "image_size": 64, "channels": 3, "seed": 4, "align": True}
-    assert convert.SOURCES["folder"]("root/", options | {"ferplus_labels": None}) == "source"
-    assert calls == [("root/", options)]
+    chosen = {"classes": ["happy", "sad"], "image_size": 64, "channels": 3, "seed": 4, "align": True}
+    options = convert.default_options("root/", **chosen)
+    assert convert.SOURCES["folder"]("root/", options) == "source"
+    [(root, kw)] = calls
+    assert root == "root/" and {key: kw[key] for key in chosen} == chosen
 
 
 def test_imbalance_factor_writes_a_long_tail_train_split(tmp_path):

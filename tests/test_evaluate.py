@@ -2,7 +2,7 @@
 
 The evaluate.py runs are started together in one module fixture (each pays
 TensorFlow's start-up; in parallel they share it) and checked one per test
-against a direct computation with `export_lib.load_exported`.
+against a direct computation with `predict.load_exported`.
 """
 
 import gzip
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_export import CLASSES, ROOT, SPLIT_SIZES, class_images, make_run
 
-from fer_tf import export_lib
+from fer_tf import export_lib, predict
 from fer_tf.metrics import classification_report
 
 CONTRACT_KEYS = {"n", "accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix"}
@@ -111,7 +111,7 @@ def parsed(setup, name):
 
 
 def expected(model_path, images, labels, flip=False):
-    predictor = export_lib.load_exported(model_path)
+    predictor = predict.load_exported(model_path)
     probs = predictor(images)
     if flip:
         probs = 0.5 * (probs + predictor(np.ascontiguousarray(images[:, :, ::-1])))

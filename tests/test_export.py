@@ -1,4 +1,4 @@
-"""Tests for fer_tf/export_lib.py and export.py (DESIGN.md contract 4).
+"""Tests for fer_tf/export_lib.py, predict.py, runs.py and export.py (DESIGN.md contract 4).
 
 A hand-set brightness classifier (identity conv -> mean -> dense) is confident
 on synthetic images whose grey level encodes the class, so parity between the
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import data, export_lib, schema
+from fer_tf import data, export_lib, predict, runs, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 48
@@ -172,7 +172,7 @@ def test_saved_model_takes_any_size_and_channels(exported):
 def test_tflite_files_have_the_contract_io_and_agree(exported):
     out = exported["out"]
     images, labels = exported["arrays"]["val"]
-    reference = export_lib.load_exported(out)(images)
+    reference = predict.load_exported(out)(images)
     for name, out_dtype, tolerance in (
         ("model_float32.tflite", np.float32, 1e-5),
         ("model_float16.tflite", np.float32, 5e-3),
@@ -182,7 +182,7 @@ def test_tflite_files_have_the_contract_io_and_agree(exported):
         (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
         assert inp["dtype"] == np.uint8 and list(inp["shape"]) == [1, SIZE, SIZE, 1]
         assert outp["dtype"] == out_dtype and list(outp["shape"]) == [1, len(CLASSES)]
-        probs = export_lib.load_exported(os.path.join(out, name))(images)
+        probs = predict.load_exported(os.path.join(out, name))(images)
         assert np.mean(probs.argmax(-1) == reference.argmax(-1)) == 1.0
         assert np.abs(probs - reference).max() < tolerance, name
         np.testing.assert_array_equal(probs.argmax(-1), labels)
@@ -193,8 +193,8 @@ def test_tflite_files_have_the_contract_io_and_agree(exported):
 def test_tflite_predictor_resizes_like_the_saved_model(exported):
     rng = np.random.default_rng(2)
     images = class_images(np.arange(7), rng, size=57, channels=3)
-    saved = export_lib.load_exported(exported["out"])
-    lite = export_lib.load_exported(os.path.join(exported["out"], "model_float32.tflite"))
+    saved = predict.load_exported(exported["out"])
+    lite = predict.load_exported(os.path.join(exported["out"], "model_float32.tflite"))
     assert lite.class_names == list(CLASSES) and (lite.image_size, lite.channels) == (SIZE, 1)
     # Only the uint8 rounding of the resized image separates the two.
     np.testing.assert_allclose(lite(images), saved(images), atol=0.02)
@@ -230,14 +230,14 @@ def test_logit_adjustment_and_flip_tta_are_in_the_graph(tmp_path):
     )
     got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
-    small = export_lib.to_model_input(images[:1], SIZE, 1)
+    small = predict.to_model_input(images[:1], SIZE, 1)
     lite = loaded.signatures["lite"](images=tf.constant(small))["probabilities"]
     np.testing.assert_allclose(lite.numpy(), got.numpy()[:1], atol=0.01)
 
 
 def test_train_log_prior_reads_run_counts():
     info = {"class_names": ["a", "b", "c"], "train_class_counts": {"a": 6, "b": 3, "c": 0}}
-    np.testing.assert_allclose(np.exp(export_lib.train_log_prior(info, None)), [0.6, 0.3, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(runs.train_log_prior(info, None)), [0.6, 0.3, 0.1], rtol=1e-6)
 
 
 def test_model_with_unknown_custom_layer_fails_clearly(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for data_tools/folders.py: image folders and annotation CSVs as converter Sources."""
+"""Tests for data_tools/folders.py (with images.py and splits.py): image folders and CSVs as Sources."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_tools import folders, writer
+from data_tools import folders, images, writer
+from data_tools.splits import assign_splits
 from data_tools.writer import Skip
 from fer_tf import schema
 
@@ -184,14 +185,14 @@ def test_assign_splits_groups_never_span_splits():
     rng = np.random.default_rng(0)
     groups = [f"S{g:03d}" for g in range(60) for _ in range(int(rng.integers(2, 8)))]
     labels = [int(rng.integers(0, 3)) for _ in groups]
-    splits = folders.assign_splits(labels, (0.8, 0.1, 0.1), seed=3, groups=groups)
+    splits = assign_splits(labels, (0.8, 0.1, 0.1), seed=3, groups=groups)
     per_group = collections.defaultdict(set)
     for group, split in zip(groups, splits, strict=True):
         per_group[group].add(split)
     assert all(len(s) == 1 for s in per_group.values())
     share = {s: splits.count(s) / len(splits) for s in schema.SPLITS}
     assert 0.7 < share["train"] < 0.9 and 0.05 < share["val"] < 0.15 and 0.05 < share["test"] < 0.15
-    assert folders.assign_splits(labels, (0.8, 0.1, 0.1), seed=3, groups=groups) == splits
+    assert assign_splits(labels, (0.8, 0.1, 0.1), seed=3, groups=groups) == splits
 
 
 def test_micro_expression_six_class_layout(tmp_path):
@@ -256,11 +257,11 @@ def test_wrapper_folder_is_looked_through(tmp_path):
 
 def test_crop_box_clamps_and_rejects():
     image = np.arange(100, dtype=np.uint8).reshape(10, 10, 1)
-    np.testing.assert_array_equal(folders.crop_box(image, (2, 3, 5, 7), "x"), image[3:7, 2:5])
-    assert folders.crop_box(image, (-5, -5, 4, 4), "x").shape[:2] == (4, 4)
+    np.testing.assert_array_equal(images.crop_box(image, (2, 3, 5, 7), "x"), image[3:7, 2:5])
+    assert images.crop_box(image, (-5, -5, 4, 4), "x").shape[:2] == (4, 4)
     for box in [(5, 5, 5, 9), (6, 2, 3, 9), (20, 20, 30, 30)]:
         with pytest.raises(Skip):
-            folders.crop_box(image, box, "x")
+            images.crop_box(image, box, "x")
 
 
 def _read_split(out_dir, split):

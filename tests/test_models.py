@@ -1,4 +1,4 @@
-"""Tests for fer_tf/models.py: every registered model builds, runs, saves, loads."""
+"""Tests for fer_tf/models.py and model_tools.py: every registered model builds, runs, saves, loads."""
 
 import re
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import models
+from fer_tf import model_tools, models
 
 # (min, max) parameters and FLOPs at 48x48x1 with 7 classes and default kwargs.
 PLAUSIBLE = {
@@ -32,7 +32,7 @@ def test_model_builds_runs_and_has_plausible_size(name):
     assert np.isfinite(logits.numpy()).all()
     (pmin, pmax), (fmin, fmax) = PLAUSIBLE[name]
     assert pmin < model.count_params() < pmax
-    assert fmin < models.count_flops(model) < fmax
+    assert fmin < model_tools.count_flops(model) < fmax
     assert model.get_layer(models.HEAD).trainable_weights
 
 
@@ -71,7 +71,7 @@ def test_width_and_depth_scale_fernet():
     shallow = models.build_model("fernet", 7, depth=0.5)
     assert narrow.count_params() < 0.5 * base.count_params()
     assert len(shallow.layers) < len(base.layers)
-    assert models.count_flops(shallow) < models.count_flops(base)
+    assert model_tools.count_flops(shallow) < model_tools.count_flops(base)
 
 
 def test_build_model_rejects_unknown_name_and_keyword():
@@ -89,7 +89,7 @@ def test_load_init_weights_skips_mismatched_head(suffix, tmp_path):
     target = models.build_model("mini_xception", 8)
     head_before = target.get_layer("head").get_weights()[0].copy()
 
-    loaded, skipped = models.load_init_weights(target, path)
+    loaded, skipped = model_tools.load_init_weights(target, path)
 
     assert skipped == ["head"]
     assert "stem1_conv" in loaded and "module4_sep2_bn" in loaded
@@ -106,14 +106,14 @@ def test_load_init_weights_rejects_unrelated_file(tmp_path):
     path = str(tmp_path / "other.keras")
     models.build_model("seed_cnn", 7).save(path)
     with pytest.raises(ValueError, match="no layer"):
-        models.load_init_weights(models.build_model("fernet", 7), path)
+        model_tools.load_init_weights(models.build_model("fernet", 7), path)
     with pytest.raises(FileNotFoundError):
-        models.load_init_weights(models.build_model("fernet", 7), str(tmp_path / "missing.keras"))
+        model_tools.load_init_weights(models.build_model("fernet", 7), str(tmp_path / "missing.keras"))
 
 
 def test_backbone_and_head_freezes_all_but_head():
     model = models.build_model("fernet", 7)
-    backbone, head = models.backbone_and_head(model)
+    backbone, head = model_tools.backbone_and_head(model)
     assert head.name == "head" and backbone.output.shape[-1] == head.input.shape[-1]
     backbone.trainable = False
     assert [w.path for w in model.trainable_weights] == [w.path for w in head.trainable_weights]
@@ -127,7 +127,7 @@ def test_count_flops_by_hand():
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(3)(x)  # 6*3 = 18
-    assert models.count_flops(keras.Model(inputs, x)) == 2 * (4608 + 576 + 960 + 18)
+    assert model_tools.count_flops(keras.Model(inputs, x)) == 2 * (4608 + 576 + 960 + 18)
 
 
 def test_count_flops_agrees_with_tf_profiler():
@@ -142,9 +142,9 @@ def test_count_flops_agrees_with_tf_profiler():
     options["output"] = "none"
     profiled = tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options).total_float_ops
     # The profiler also counts batch norm, ReLU, pooling and adds (a few %).
-    assert models.count_flops(model) <= profiled < 1.1 * models.count_flops(model)
+    assert model_tools.count_flops(model) <= profiled < 1.1 * model_tools.count_flops(model)
 
 
 def test_summary_line():
-    line = models.summary_line(models.build_model("mini_xception", 7))
+    line = model_tools.summary_line(models.build_model("mini_xception", 7))
     assert re.fullmatch(r"mini_xception: \d{2},\d{3} params, \d+\.\d MFLOPs", line)

@@ -1,4 +1,4 @@
-"""Tests of data_tools/synthetic.py: the built-in synthetic expression dataset."""
+"""Tests of data_tools/synthetic.py and synthetic_faces.py: the built-in synthetic expression dataset."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_tools import synthetic
+from data_tools import synthetic, synthetic_faces
 from fer_tf.schema import FER2013_CLASSES
 
 K = len(FER2013_CLASSES)
@@ -30,11 +30,11 @@ def test_shapes_dtypes_and_pixel_range():
     assert labels.shape == (21,) and labels.dtype == np.int64
     assert set(labels.tolist()) == set(range(K))  # every class, even in a tiny set
     assert images.reshape(21, -1).std(axis=1).min() > 5  # real content, not flat frames
-    face = synthetic.render_face(3, np.random.default_rng(0))
-    big = synthetic.render_face_large(3, np.random.default_rng(0), size=120)
+    face = synthetic_faces.render_face(3, np.random.default_rng(0))
+    big = synthetic_faces.render_face_large(3, np.random.default_rng(0), size=120)
     assert face.shape == (48, 48) and big.shape == (120, 120) and big.dtype == np.uint8
     with pytest.raises(ValueError):
-        synthetic.render_face(K, np.random.default_rng(0))
+        synthetic_faces.render_face(K, np.random.default_rng(0))
 
 
 def test_default_counts_follow_fer2013_proportions():

@@ -22,8 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _config(data_dir, run_dir, **kw):
     base = dict(
-        run_dir=str(run_dir), data_dir=data_dir, model="fernet", model_kwargs={"width": 0.5},
-        batch_size=32, epochs=2, steps_per_epoch=6, warmup_epochs=0.5, verbose=0,
+        run_dir=str(run_dir),
+        data_dir=data_dir,
+        model="fernet",
+        model_kwargs={"width": 0.5},
+        batch_size=32,
+        epochs=2,
+        steps_per_epoch=6,
+        warmup_epochs=0.5,
+        verbose=0,
     )
     base.update(kw)
     return train_lib.TrainConfig(**base)
@@ -44,15 +51,30 @@ def _event_tags(log_dir) -> set[str]:
 
 @pytest.fixture(scope="module")
 def finished_run(synthetic_data_dir, tmp_path_factory):
-    config = _config(synthetic_data_dir, tmp_path_factory.mktemp("runs") / "base")
+    # Long enough to learn something: int8 parity is meaningless on a constant predictor.
+    config = _config(
+        synthetic_data_dir,
+        tmp_path_factory.mktemp("runs") / "base",
+        epochs=3,
+        steps_per_epoch=15,
+        learning_rate=3e-3,
+    )
     return config, train_lib.train(config, flags_text="--name=base\n")
 
 
 def test_run_directory_follows_the_contract(finished_run, synthetic_data_dir):
     config, result = finished_run
     run = Path(config.run_dir)
-    for name in ("flags.txt", "run_info.json", "model.keras", "metrics.json", "history.csv",
-                 "checkpoints/best.keras", "confusion_matrix.png", "curves.png"):
+    for name in (
+        "flags.txt",
+        "run_info.json",
+        "model.keras",
+        "metrics.json",
+        "history.csv",
+        "checkpoints/best.keras",
+        "confusion_matrix.png",
+        "curves.png",
+    ):
         assert (run / name).exists(), name
     assert (run / "flags.txt").read_text() == "--name=base\n"
     assert not (run / "backup").exists()  # a finished run keeps no resume state
@@ -64,10 +86,11 @@ def test_run_directory_follows_the_contract(finished_run, synthetic_data_dir):
     run_info = json.loads((run / "run_info.json").read_text())
     assert run_info["class_names"] == info["class_names"]
     assert run_info["train_class_counts"] == info["splits"]["train"]["class_counts"]
-    assert _history_epochs(run) == [0, 1]
+    assert _history_epochs(run) == [0, 1, 2]
     # Keras files val_* scalars under logs/validation without the prefix.
     assert {"epoch_balanced_accuracy", "epoch_macro_f1", "epoch_recall_disgust"} <= _event_tags(
-        run / "logs" / "validation")
+        run / "logs" / "validation"
+    )
     assert "epoch_learning_rate" in _event_tags(run / "logs" / "train")
     assert "validation_confusion_matrix" in _event_tags(run / "logs" / "confusion")
 
@@ -83,6 +106,33 @@ def test_saved_model_reproduces_the_reported_metrics(finished_run, synthetic_dat
     assert metrics.classification_report(y_true, logits, info["class_names"]) == result
 
 
+def test_trained_run_exports_and_all_formats_agree(finished_run, synthetic_data_dir, tmp_path):
+    """The deployment path on a model trained by train_lib: SavedModel and both TFLite files."""
+    from fer_tf import data, export_lib, predict
+
+    config, result = finished_run
+    out = tmp_path / "export"
+    # A 45-step model is not converged; the gate is checked at 0.98 in test_export.py.
+    metadata = export_lib.export_run(config.run_dir, str(out), parity_threshold=0.9)
+    info = schema.read_dataset_info(synthetic_data_dir)
+    images, labels = data.eval_arrays(synthetic_data_dir, info, "val", image_size=48, channels=1)
+    reference = predict.load_exported(str(out))(images)
+    assert reference.shape == (len(labels), 7)
+    np.testing.assert_allclose(reference.sum(axis=1), 1.0, atol=1e-4)
+    # The SavedModel reproduces the run's validation accuracy (same preprocessing in the graph).
+    assert np.mean(reference.argmax(1) == labels) == pytest.approx(result["accuracy"], abs=1e-6)
+    for name, min_agreement, max_delta in (
+        ("model_float32.tflite", 1.0, 1e-4),
+        ("model_int8.tflite", 0.9, 0.2),
+    ):
+        probabilities = predict.load_exported(str(out / name))(images)
+        agreement = np.mean(probabilities.argmax(1) == reference.argmax(1))
+        assert agreement >= min_agreement, name
+        assert np.abs(probabilities - reference).max() <= max_delta, name
+        variant = name.removeprefix("model_").removesuffix(".tflite")
+        assert metadata["parity"][variant]["top1_agreement"] == pytest.approx(agreement, abs=1e-6)
+
+
 def test_finished_run_is_not_trained_again(finished_run):
     config, result = finished_run
     before = os.path.getmtime(os.path.join(config.run_dir, "model.keras"))
@@ -92,8 +142,14 @@ def test_finished_run_is_not_trained_again(finished_run):
 
 def test_crt_refits_only_the_head(finished_run, synthetic_data_dir, tmp_path):
     base_config, _ = finished_run
-    config = _config(synthetic_data_dir, tmp_path / "crt", crt_from=base_config.run_dir,
-                     sampling="balanced", epochs=1, steps_per_epoch=4)
+    config = _config(
+        synthetic_data_dir,
+        tmp_path / "crt",
+        crt_from=base_config.run_dir,
+        sampling="balanced",
+        epochs=1,
+        steps_per_epoch=4,
+    )
     train_lib.train(config)
     base = keras.models.load_model(os.path.join(base_config.run_dir, "model.keras"), compile=False)
     crt = keras.models.load_model(os.path.join(config.run_dir, "model.keras"), compile=False)
@@ -103,8 +159,9 @@ def test_crt_refits_only_the_head(finished_run, synthetic_data_dir, tmp_path):
 
 
 def test_mixed_bfloat16_keeps_float32_logits(synthetic_data_dir, tmp_path):
-    config = _config(synthetic_data_dir, tmp_path / "bf16", mixed_precision="mixed_bfloat16",
-                     epochs=1, steps_per_epoch=3)
+    config = _config(
+        synthetic_data_dir, tmp_path / "bf16", mixed_precision="mixed_bfloat16", epochs=1, steps_per_epoch=3
+    )
     try:
         result = train_lib.train(config)
         model = keras.models.load_model(os.path.join(config.run_dir, "model.keras"), compile=False)
@@ -120,10 +177,14 @@ def _history_losses(run_dir) -> np.ndarray:
     return np.array(callbacks.read_history_column(os.path.join(run_dir, "history.csv"), "loss"))
 
 
-@pytest.mark.parametrize("loss", ["crossentropy", "focal", "class_balanced", "class_balanced_focal",
-                                  "logit_adjusted", "balanced_softmax"])
+@pytest.mark.parametrize(
+    "loss",
+    ["crossentropy", "focal", "class_balanced", "class_balanced_focal", "logit_adjusted", "balanced_softmax"],
+)
 def test_every_loss_flag_builds_a_working_loss(loss, synthetic_data_dir, tmp_path):
-    config = _config(synthetic_data_dir, tmp_path, loss=loss, label_smoothing=0.1 if loss != "class_balanced" else 0)
+    config = _config(
+        synthetic_data_dir, tmp_path, loss=loss, label_smoothing=0.1 if loss != "class_balanced" else 0
+    )
     fn = train_lib.make_loss(config, schema.read_dataset_info(synthetic_data_dir))
     targets = tf.one_hot([0, 1, 6], 7)
     good = fn(targets, tf.one_hot([0, 1, 6], 7) * 8.0)
@@ -138,8 +199,15 @@ def test_nan_loss_stops_and_names_the_step():
     x[5:] = np.nan  # batch 3 of 4 (batch size 2) is the first bad one
     y = np.eye(2, dtype="float32")[np.zeros(8, int)]
     with pytest.raises(callbacks.NanLossError, match=r"epoch 1, step 3 \(global step 3\)"):
-        model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[callbacks.StopOnNaN(steps_per_epoch=4)])
+        model.fit(
+            x,
+            y,
+            batch_size=2,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[callbacks.StopOnNaN(steps_per_epoch=4)],
+        )
 
 
 def test_schedules_warm_up_and_decay():
@@ -155,7 +223,9 @@ def test_schedules_warm_up_and_decay():
 def test_flagfile_names_resolve_to_configs(tmp_path):
     (tmp_path / "demo.flags").write_text("--epochs=1\n")
     assert cli.resolve_flagfiles(["train.py", "--flagfile=demo.flags"], str(tmp_path)) == [
-        "train.py", f"--flagfile={tmp_path / 'demo.flags'}"]
+        "train.py",
+        f"--flagfile={tmp_path / 'demo.flags'}",
+    ]
     assert cli.resolve_flagfiles(["x", "--flagfile=demo"], str(tmp_path))[1].endswith("demo.flags")
     with pytest.raises(SystemExit) as exit_info:
         cli.resolve_flagfiles(["x", "--flagfile=nope.flags"], str(tmp_path))
@@ -168,20 +238,68 @@ def _train_cmd(*args):
 
 def test_missing_raw_data_explains_where_to_download(tmp_path):
     proc = subprocess.run(
-        _train_cmd("--name=x", f"--runs_dir={tmp_path}", f"--data_dir={tmp_path / 'fer'}",
-                   f"--raw_data={tmp_path / 'raw' / 'fer2013.csv'}"),
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        _train_cmd(
+            "--name=x",
+            f"--runs_dir={tmp_path}",
+            f"--data_dir={tmp_path / 'fer'}",
+            f"--raw_data={tmp_path / 'raw' / 'fer2013.csv'}",
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "kaggle.com" in last and "Traceback" not in proc.stderr
 
 
+def test_train_py_converts_missing_tfrecords_from_the_raw_csv(tmp_path):
+    from data_tools import synthetic
+
+    raw = tmp_path / "raw" / "fer2013.csv"
+    synthetic.write_fer2013_csv(str(raw) + ".gz", num_train=120, num_val=30, seed=2)
+    data_dir = tmp_path / "fer2013"
+    # --raw_data names the .csv; the .csv.gz beside it is found, as for a Kaggle download.
+    proc = subprocess.run(
+        _train_cmd(
+            "--name=prep",
+            f"--runs_dir={tmp_path / 'runs'}",
+            f"--data_dir={data_dir}",
+            f"--raw_data={raw}",
+            "--width=0.5",
+            "--batch_size=16",
+            "--epochs=1",
+            "--steps_per_epoch=2",
+            "--verbose=0",
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = schema.read_dataset_info(str(data_dir))
+    assert (info["splits"]["train"]["num_examples"], info["splits"]["val"]["num_examples"]) == (120, 30)
+    metrics = json.loads((tmp_path / "runs" / "prep" / "metrics.json").read_text())
+    assert metrics["n"] == 30
+    flags_txt = (tmp_path / "runs" / "prep" / "flags.txt").read_text()
+    assert "--epochs=1" in flags_txt and "--pdb" not in flags_txt  # only train.py's own flags
+
+
 def test_killed_run_resumes_at_the_right_epoch(synthetic_data_dir, tmp_path):
     run = tmp_path / "runs" / "resume"
-    cmd = _train_cmd("--name=resume", f"--runs_dir={tmp_path / 'runs'}", f"--data_dir={synthetic_data_dir}",
-                     "--model=fernet", "--width=0.5", "--batch_size=32", "--epochs=4",
-                     "--steps_per_epoch=5", "--verbose=0")
+    cmd = _train_cmd(
+        "--name=resume",
+        f"--runs_dir={tmp_path / 'runs'}",
+        f"--data_dir={synthetic_data_dir}",
+        "--model=fernet",
+        "--width=0.5",
+        "--batch_size=32",
+        "--epochs=4",
+        "--steps_per_epoch=5",
+        "--verbose=0",
+    )
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -221,18 +339,34 @@ def test_two_workers_on_localhost_end_with_identical_weights(tmp_path):
     cluster = [f"localhost:{port}" for port in _free_ports(2)]
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}))
-        cmd = _train_cmd(f"--name=w{index}", f"--runs_dir={tmp_path / 'runs'}", f"--data_dir={data_dir}",
-                         "--strategy=multi_worker", "--width=0.5", "--batch_size=16", "--epochs=2",
-                         "--steps_per_epoch=3", "--verbose=0")
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps(
+                {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+            ),
+        )
+        cmd = _train_cmd(
+            f"--name=w{index}",
+            f"--runs_dir={tmp_path / 'runs'}",
+            f"--data_dir={data_dir}",
+            "--strategy=multi_worker",
+            "--width=0.5",
+            "--batch_size=16",
+            "--epochs=2",
+            "--steps_per_epoch=3",
+            "--verbose=0",
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        )
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-2000:]
-    models = [keras.models.load_model(tmp_path / "runs" / f"w{i}" / "model.keras", compile=False)
-              for i in range(2)]
+    models = [
+        keras.models.load_model(tmp_path / "runs" / f"w{i}" / "model.keras", compile=False) for i in range(2)
+    ]
     weights = [m.get_weights() for m in models]
     assert len(weights[0]) > 10
     for a, b in zip(*weights):

@@ -1,0 +1,140 @@
+"""Tools around a built model: FLOPs, a one-line summary, the backbone/head split, init weights.
+
+`count_flops` and `summary_line` describe a model (train_lib prints the line,
+benchmarks compare FLOPs); `backbone_and_head` splits off the classifier layer
+`fer_tf.models.HEAD` for classifier re-training (cRT); `load_init_weights`
+initialises a model from another one's weights by layer name (fine-tuning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+
+import keras
+from keras import layers
+
+from fer_tf.models import HEAD
+
+_MAC_LAYERS = (layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.DepthwiseConv2D, layers.Dense)
+
+
+def _layer_macs(layer: keras.layers.Layer) -> int:
+    """Multiply-accumulates of one image through `layer` (conv and dense layers only)."""
+    # SeparableConv2D subclasses neither Conv2D nor DepthwiseConv2D.
+    if not isinstance(layer, _MAC_LAYERS + (layers.SeparableConv2D,)):
+        return 0
+    in_ch, out_shape = layer.input.shape[-1], layer.output.shape[1:]
+    positions = math.prod(out_shape[:-1])
+    if isinstance(layer, layers.Dense):
+        return positions * in_ch * layer.units
+    kernel = math.prod(layer.kernel_size)
+    if isinstance(layer, layers.DepthwiseConv2D):
+        return positions * kernel * in_ch * layer.depth_multiplier
+    if isinstance(layer, layers.SeparableConv2D):
+        mid = in_ch * layer.depth_multiplier
+        return positions * (kernel * mid + mid * out_shape[-1])
+    return positions * kernel * (in_ch // layer.groups) * out_shape[-1]
+
+
+def count_flops(model: keras.Model) -> int:
+    """FLOPs of one image, counted analytically as 2 x MACs of conv and dense layers.
+
+    Biases, batch norm (folded at export), activations, pooling and additions
+    are not counted, the convention of the MobileNet and EfficientNet papers.
+    Nested models are counted recursively.
+    """
+    macs = 0
+    for layer in model.layers:
+        macs += count_flops(layer) // 2 if isinstance(layer, keras.Model) else _layer_macs(layer)
+    return 2 * macs
+
+
+def summary_line(model: keras.Model) -> str:
+    """One line, e.g. `fernet: 412,345 params, 38.2 MFLOPs`."""
+    return f"{model.name}: {model.count_params():,} params, {count_flops(model) / 1e6:.1f} MFLOPs"
+
+
+def backbone_and_head(model: keras.Model) -> tuple[keras.Model, keras.layers.Layer]:
+    """Splits `model` into a feature extractor and its classifier layer `HEAD`.
+
+    The backbone shares layers with `model`, so `backbone.trainable = False`
+    freezes all but the head of `model` (classifier re-training, cRT).
+    """
+    try:
+        head = model.get_layer(HEAD)
+    except ValueError:
+        raise ValueError(f"model {model.name!r} has no layer named {HEAD!r}") from None
+    return keras.Model(model.inputs, head.input, name=f"{model.name}_backbone"), head
+
+
+def _snake_case(name: str) -> str:
+    # Keras' rule (keras.src.utils.naming.to_snake_case) for groups in .weights.h5.
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _h5_weights_by_name(model: keras.Model, path: str) -> dict[str, list]:
+    """Reads a `.weights.h5`, keyed by the names of `model`'s corresponding layers.
+
+    Keras stores these files by layer class and order (`layers/conv2d_3/vars`),
+    not by name, so they are matched to `model` through that same rule: this
+    is name matching whenever both models come from the same builder.
+    """
+    import h5py  # noqa: PLC0415 (a Keras dependency, only needed here)
+
+    weights, used = {}, {}
+    with h5py.File(path, "r") as f:
+        for layer in model.layers:
+            key = _snake_case(type(layer).__name__)
+            used[key] = used.get(key, -1) + 1
+            group = f"layers/{key}_{used[key]}" if used[key] else f"layers/{key}"
+            if f"{group}/vars" in f and len(f[f"{group}/vars"]):
+                variables = f[f"{group}/vars"]
+                weights[layer.name] = [variables[str(i)][()] for i in range(len(variables))]
+    return weights
+
+
+def load_init_weights(model: keras.Model, path: str) -> tuple[list[str], list[str]]:
+    """Initialises `model` from a `.keras` or `.weights.h5` file, layer by layer name.
+
+    Layers whose weights are missing from the file or differ in shape (e.g. a
+    head for another number of classes) keep their initial values and are
+    reported.
+
+    Args:
+      model: the model to initialise, modified in place.
+      path: a `.keras` model (matched by layer name) or `.weights.h5` file.
+
+    Returns:
+      (loaded, skipped): names of the layers with weights that were loaded and
+      that were left as initialised.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"init weights not found: {path}")
+    if path.endswith(".keras"):
+        source = keras.models.load_model(path, compile=False)
+        weights = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
+    elif path.endswith(".weights.h5"):
+        weights = _h5_weights_by_name(model, path)
+    else:
+        raise ValueError(f"init weights must be a .keras or .weights.h5 file, got {path}")
+    loaded, skipped = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        values = weights.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if values is None or [tuple(v.shape) for v in values] != shapes:
+            found = None if values is None else [tuple(v.shape) for v in values]
+            logging.warning("init weights: skip %s (model %s, file %s)", layer.name, shapes, found)
+            skipped.append(layer.name)
+            continue
+        layer.set_weights(values)
+        loaded.append(layer.name)
+    if not loaded:
+        raise ValueError(f"no layer of {model.name!r} matches {path} by name and shape")
+    return loaded, skipped

@@ -1,0 +1,95 @@
+"""Predictors over an export directory: uint8 images of any size -> class probabilities.
+
+Batch wrappers over fer_tf.inference's classifiers (which take faces at model
+size and must run without TensorFlow): these add the serving preprocessing
+(`fer_tf.data.preprocess_for_eval`) for images of any size, for evaluate.py and
+the parity check of `fer_tf.export_lib`. `load_exported` opens an export
+directory, its `saved_model/` or one of its `.tflite` files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from fer_tf import data, inference
+
+# The export directory layout these read (written by fer_tf.export_lib).
+SAVED_MODEL_DIR = "saved_model"
+LABELS_FILE = "labels.txt"
+METADATA_FILE = "metadata.json"
+
+
+def to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """Resizes uint8 images to the fixed TFLite input `[N, S, S, C]`, still uint8.
+
+    Uses `preprocess_for_eval` (the serving preprocessing) and rounds back to
+    uint8, so a TFLite model sees what the SavedModel sees up to rounding.
+    """
+    images = np.asarray(images)
+    if images.shape[1:] == (image_size, image_size, channels):
+        return images.astype(np.uint8, copy=False)
+    x = data.preprocess_for_eval(images, image_size, channels).numpy()
+    return np.round(x * 255.0).astype(np.uint8)
+
+
+class TFLitePredictor:
+    """uint8 images `[N, H, W, C]` of any size -> probabilities `[N, K]` with a .tflite model."""
+
+    def __init__(self, path: str, class_names: Sequence[str] | None = None, num_threads: int = 1):
+        self.classifier = inference.TFLiteClassifier(path, num_threads, class_names)
+        self.class_names = self.classifier.class_names
+        self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.classifier.predict_faces(to_model_input(images, self.image_size, self.channels))
+
+
+class SavedModelPredictor:
+    """uint8 images `[N, H, W, C]` -> probabilities `[N, K]` through `serving_default`."""
+
+    def __init__(self, saved_model_dir: str, class_names: Sequence[str] | None = None, batch_size: int = 256):
+        self.classifier = inference.SavedModelClassifier(saved_model_dir, class_names)
+        self.class_names = self.classifier.class_names
+        self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, dtype=np.uint8)
+        batches = range(0, len(images), self.batch_size)
+        out = [self.classifier.predict_faces(list(images[i : i + self.batch_size])) for i in batches]
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+
+def load_exported(path: str, num_threads: int = 1) -> TFLitePredictor | SavedModelPredictor:
+    """Loads an export directory, its `saved_model/`, or a `.tflite` file as a predictor.
+
+    Args:
+      path: the export directory (uses `saved_model/`), a SavedModel directory,
+        or a `.tflite` file (class names from `labels.txt` beside it).
+      num_threads: TFLite interpreter threads.
+
+    Returns:
+      A callable uint8 `[N, H, W, C]` -> float32 probabilities `[N, K]`, with
+      attributes `class_names`, `image_size` and `channels`.
+
+    Raises:
+      FileNotFoundError: when `path` is none of these, or no class names are found.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path) and path.endswith(".tflite"):
+        names = inference.read_class_names(os.path.dirname(os.path.abspath(path)))
+        if names is None:
+            raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} beside {path}")
+        return TFLitePredictor(path, names, num_threads)
+    is_export = os.path.isfile(os.path.join(path, SAVED_MODEL_DIR, "saved_model.pb"))
+    if not is_export and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileNotFoundError(f"{path} is neither an export directory, a SavedModel nor a .tflite file")
+    names = inference.read_class_names(path) or inference.read_class_names(
+        os.path.dirname(os.path.abspath(path))
+    )
+    if names is None:
+        raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} found for {path}")
+    return SavedModelPredictor(path, names)

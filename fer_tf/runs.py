@@ -1,0 +1,108 @@
+"""Reading a training run directory (`runs/<name>/`, written by `fer_tf.train_lib`).
+
+Export and other tools that start from a finished run use these: its flags
+(`flags.txt`), its `run_info.json`, its best model (`model.keras`) and the
+training class priors used for post-hoc logit adjustment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+# models: importing the registry registers fer_tf's custom layers, so that
+# `model.keras` files that use them load.
+from fer_tf import models  # noqa: F401
+
+
+def read_flags(path: str) -> dict[str, str]:
+    """Parses an absl flagfile into {name: value}; `--flag`/`--noflag` give "true"/"false".
+
+    A missing file gives an empty dict.
+    """
+    if not os.path.exists(path):
+        return {}
+    flags = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("--"):
+                continue
+            name, sep, value = line[2:].partition("=")
+            if not sep:
+                # absl writes booleans as --flag / --noflag.
+                value = "false" if name.startswith("no") else "true"
+                name = name[2:] if name.startswith("no") else name
+            flags[name] = value
+    return flags
+
+
+def read_run_info(run_dir: str) -> dict[str, Any]:
+    """Reads and checks `run_info.json` of a run directory.
+
+    Raises:
+      FileNotFoundError: when the run directory or its files are missing.
+      ValueError: when a required key is missing.
+    """
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run directory {run_dir} not found")
+    path = os.path.join(run_dir, "run_info.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
+    with open(path) as f:
+        info = json.load(f)
+    missing = [k for k in ("data_dir", "class_names", "image_size", "channels") if k not in info]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}")
+    return info
+
+
+def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:
+    """Loads `model.keras` of a run, with fer_tf's custom layers registered.
+
+    Raises:
+      FileNotFoundError: when `model.keras` is missing.
+      ValueError: when the model cannot be deserialized (e.g. a custom layer
+        that is not importable) or its input shape differs from the run's.
+    """
+    path = os.path.join(run_dir, "model.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: has the run finished an epoch?")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises TypeError/ValueError/KeyError here.
+        name = run_info.get("model", "?")
+        raise ValueError(
+            f"cannot load {path} (model {name!r}); its custom layers must be importable "
+            f"from fer_tf.models: {str(err).splitlines()[0]}"
+        ) from err
+    size, channels = int(run_info["image_size"]), int(run_info["channels"])
+    if tuple(model.input_shape[1:]) != (size, size, channels):
+        raise ValueError(
+            f"{path}: input shape {model.input_shape} differs from run_info [{size},{size},{channels}]"
+        )
+    return model
+
+
+def train_log_prior(run_info: Mapping[str, Any], data_info: Mapping[str, Any] | None) -> np.ndarray:
+    """Returns log class priors of the training split, in run class order.
+
+    Read from `run_info["train_class_counts"]` (dict by name or list), else from
+    the dataset's `dataset_info.json`. Empty classes count as one image, so the
+    adjustment stays finite.
+    """
+    names = list(run_info["class_names"])
+    counts = run_info.get("train_class_counts")
+    if counts is None and data_info is not None:
+        counts = data_info["splits"]["train"]["class_counts"]
+    if counts is None:
+        raise ValueError("logit adjustment needs train class counts (run_info.json or dataset_info.json)")
+    if isinstance(counts, Mapping):
+        counts = [counts[name] for name in names]
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    return np.log(counts / counts.sum()).astype(np.float32)

@@ -1,0 +1,145 @@
+"""Compare imbalance methods: `python study.py --flagfile=imbalance_study.flags`.
+
+Every (dataset, method, seed) cell is one training run under
+<study_dir>/runs/<dataset>/<method>/seed<k>; re-running the same command
+skips finished cells and resumes an interrupted one. Results: results.csv,
+summary.md (mean ± std over seeds) and plots/ in --study_dir.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+from fer_tf import cli
+
+F = flags.FLAGS
+flags.DEFINE_string("study_dir", None, "Output directory of the study.")
+flags.DEFINE_list("methods", ["crossentropy"], "Method names (fer_tf.study.METHODS).")
+flags.DEFINE_list("datasets", None, "name=path pairs of converted datasets; the first is the reference.")
+flags.DEFINE_list("imbalance_factors", [], "Also study long-tail versions of the first dataset at these IFs.")
+flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).")
+flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when a dataset has no test).")
+flags.DEFINE_boolean("cross_dataset", False, "Also score each method's models on every dataset.")
+flags.DEFINE_string("raw_data", None, "Raw source converted into the first dataset when it is missing.")
+flags.DEFINE_enum(
+    "raw_format",
+    "fer2013",
+    ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"],
+    "Format of --raw_data.",
+)
+flags.DEFINE_string("smote_targets", "balance", "SMOTE targets of the smote method (data_tools.smote).")
+# The base recipe every cell shares (see train.py for the meaning of each flag).
+flags.DEFINE_string("model", "fernet", "Registered model name.")
+flags.DEFINE_float("width", None, "Model width multiplier.")
+flags.DEFINE_float("dropout", None, "Model dropout rate.")
+flags.DEFINE_integer("image_size", 48, "Side of the square model input.")
+flags.DEFINE_integer("channels", 1, "1 (grayscale) or 3.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("epochs", 10, "Epochs per cell.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Steps of one epoch (0: train examples // batch size).")
+flags.DEFINE_list("augment", [], "Augmentations by name (empty: the default recipe).")
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
+flags.DEFINE_float("lr", 1e-3, "Peak learning rate.")
+flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
+flags.DEFINE_enum("schedule", "cosine", ["cosine", "onecycle", "step", "constant"], "LR schedule.")
+flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup epochs.")
+flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
+flags.DEFINE_string("monitor", "val_balanced_accuracy", "Metric for the best checkpoint.")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
+flags.mark_flags_as_required(["study_dir", "datasets"])
+
+
+def parse_datasets(items: list[str]) -> dict[str, str]:
+    datasets = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            cli.fail(f"--datasets item {item!r}: expected name=path")
+        datasets[name.strip()] = path.strip()
+    return datasets
+
+
+def prepare_datasets(datasets: dict[str, str]) -> dict[str, str]:
+    """Converts the first dataset from --raw_data if needed; adds its long-tail versions."""
+    first, first_dir = next(iter(datasets.items()))
+    if F.raw_data:
+        from data_tools import convert
+
+        try:
+            convert.prepare_dataset(
+                F.raw_data, first_dir, F.raw_format, image_size=F.image_size, channels=F.channels
+            )
+        except FileNotFoundError as e:
+            cli.fail(str(e))
+    for name, path in datasets.items():
+        if not os.path.exists(os.path.join(path, "dataset_info.json")):
+            cli.fail(f"dataset {name}: no dataset_info.json in {path} (convert it, or pass --raw_data)")
+    if F.imbalance_factors:
+        from data_tools import longtail  # imports Beam: only when needed
+    for factor in map(float, F.imbalance_factors):
+        path = os.path.join(F.study_dir, "data", f"{first}_if{factor:g}")
+        if not os.path.exists(os.path.join(path, "dataset_info.json")):
+            print(f"building {path} (long-tail IF {factor:g} of {first_dir})", flush=True)
+            longtail.make_longtail(first_dir, path, factor, seed=0, overwrite=True)
+        datasets[f"{first}_if{factor:g}"] = path
+    return datasets
+
+
+def make_smote(parent_dir: str, output_dir: str) -> None:
+    from data_tools import smote
+
+    smote.apply_smote(parent_dir, output_dir, smote.parse_targets(F.smote_targets), seed=0, overwrite=True)
+
+
+def main(argv):
+    del argv
+    datasets = prepare_datasets(parse_datasets(F.datasets))
+    import tensorflow as tf
+
+    from fer_tf import callbacks
+    from fer_tf import study as fer_study
+
+    try:
+        fer_study.expand_methods(F.methods)
+    except ValueError as e:
+        cli.fail(str(e))
+    model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
+    base = dict(
+        model=F.model,
+        model_kwargs=model_kwargs,
+        image_size=F.image_size,
+        channels=F.channels,
+        batch_size=F.batch_size,
+        epochs=F.epochs,
+        steps_per_epoch=F.steps_per_epoch,
+        augmentations=tuple(F.augment),
+        optimizer=F.optimizer,
+        learning_rate=F.lr,
+        weight_decay=F.weight_decay,
+        schedule=F.schedule,
+        warmup_epochs=F.warmup_epochs,
+        label_smoothing=F.label_smoothing,
+        monitor=F.monitor,
+        verbose=F.verbose,
+    )
+    study = fer_study.Study(
+        F.study_dir, base, tuple(F.methods), datasets, tuple(range(F.seeds)), F.eval_split
+    )
+    os.makedirs(F.study_dir, exist_ok=True)
+    with open(os.path.join(F.study_dir, "flags.txt"), "w") as f:
+        own = F.get_key_flags_for_module(sys.modules[__name__])
+        f.write("".join(flag.serialize() + "\n" for flag in own if flag.serialize()))
+    tf.get_logger().setLevel("ERROR")
+    try:
+        fer_study.run_study(study, variants={"smote": make_smote})
+        if F.cross_dataset:
+            fer_study.study_cross_dataset(study, study.methods)
+    except callbacks.NanLossError as e:
+        cli.fail(str(e), code=1)
+    print(f"wrote {os.path.join(F.study_dir, 'results.csv')} and summary.md", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(main, argv=cli.resolve_flagfiles(sys.argv))

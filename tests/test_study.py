@@ -1,0 +1,261 @@
+"""Tests of the study tool: study.py end to end, aggregation, cross-dataset mapping, intensity."""
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer_tf import schema, scoring, study, study_report
+
+REPO = Path(__file__).resolve().parents[1]
+# The cheapest model to trace (the fixed cost of a cell dominates a 2-step run).
+TINY = [
+    "--model=seed_cnn",
+    "--width=0.25",
+    "--batch_size=16",
+    "--epochs=1",
+    "--steps_per_epoch=2",
+    "--augment=flip",
+    "--verbose=0",
+]
+
+
+def _study_cmd(study_dir, data_dir, *extra):
+    return [
+        sys.executable,
+        str(REPO / "study.py"),
+        f"--study_dir={study_dir}",
+        f"--datasets=syn={data_dir}",
+        "--methods=crossentropy,posthoc_la",
+        "--seeds=2",
+        "--cross_dataset",
+        *TINY,
+        *extra,
+    ]
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished_study(synthetic_data_dir, tmp_path_factory):
+    study_dir = tmp_path_factory.mktemp("study") / "s"
+    proc = subprocess.run(
+        _study_cmd(study_dir, synthetic_data_dir), capture_output=True, text=True, cwd=REPO, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return study_dir
+
+
+def test_study_writes_one_row_per_cell_and_mean_std_summary(finished_study, synthetic_data_dir):
+    rows = _read_csv(finished_study / "results.csv")
+    assert [(r["dataset"], r["method"], r["seed"]) for r in rows] == [
+        ("syn", "crossentropy", "0"),
+        ("syn", "posthoc_la", "0"),
+        ("syn", "crossentropy", "1"),
+        ("syn", "posthoc_la", "1"),
+    ]
+    info = schema.read_dataset_info(synthetic_data_dir)
+    for row in rows:
+        cell = finished_study / "runs" / "syn" / row["method"] / f"seed{row['seed']}"
+        assert (cell / "metrics.json").exists()
+        record = json.loads((cell / study.EVAL_FILE).read_text())
+        assert row["split"] == "test" and int(row["n"]) == info["splits"]["test"]["num_examples"]
+        assert float(row["balanced_accuracy"]) == pytest.approx(record["report"]["balanced_accuracy"])
+        recalls = [float(row[f"recall_{name}"]) for name in info["class_names"]]
+        assert np.mean(recalls) == pytest.approx(float(row["balanced_accuracy"]))
+    # Post-hoc adjustment trains nothing: its cell has no model of its own.
+    assert not (finished_study / "runs" / "syn" / "posthoc_la" / "seed0" / "model.keras").exists()
+    assert float(rows[1]["train_seconds"]) < float(rows[0]["train_seconds"])
+
+    summary = (finished_study / "summary.md").read_text()
+    minority = study_report.minority_classes(info)
+    assert minority == ["angry", "disgust", "surprise"]  # below the median train count (fear, 100)
+    header = next(line for line in summary.splitlines() if line.startswith("| method"))
+    assert [f"recall {name}" in header for name in minority] == [True] * 3 and "recall happy" not in header
+    for method in ("crossentropy", "posthoc_la"):
+        line = next(line for line in summary.splitlines() if line.startswith(f"| {method} |"))
+        values = [float(r["macro_f1"]) * 100 for r in rows if r["method"] == method]
+        expected = f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+        assert expected in line and line.rstrip().endswith("| 2 |")  # n = 2 seeds
+    for name in ("syn_methods.png", "syn_recall.png"):
+        assert (finished_study / "plots" / name).stat().st_size > 5000
+    cross = _read_csv(finished_study / "cross_dataset" / "crossentropy" / "cross_dataset.csv")
+    assert float(cross[0]["accuracy"]) == pytest.approx(float(rows[0]["accuracy"]))
+
+
+def test_rerun_skips_finished_cells(finished_study, synthetic_data_dir):
+    cells = sorted((finished_study / "runs").rglob("seed*"))
+    watched = [
+        p for c in cells for p in (c / "metrics.json", c / study.EVAL_FILE, c / "history.csv") if p.exists()
+    ]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched}
+    results = (finished_study / "results.csv").read_text()
+    proc = subprocess.run(
+        _study_cmd(finished_study, synthetic_data_dir), capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val accuracy" not in proc.stdout  # train_lib printed nothing: no cell trained
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched} == before
+    assert (finished_study / "results.csv").read_text() == results
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    proc = subprocess.run(
+        _study_cmd(tmp_path / "s", tmp_path / "missing"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: dataset syn:") and "missing" in last
+
+
+def _write_soft_dataset(data_dir, images, votes):
+    """A FER+-like dataset: 8 classes (with contempt), vote counts as soft labels, one test shard."""
+    import tensorflow as tf
+
+    names = list(schema.FERPLUS_CLASSES)
+    labels = votes.argmax(axis=1)
+    os.makedirs(data_dir)
+    splits = {}
+    for split in ("train", "val", "test"):
+        with tf.io.TFRecordWriter(os.path.join(data_dir, schema.shard_name(split, 0, 1))) as writer:
+            for i, (image, label, vote) in enumerate(zip(images, labels, votes, strict=True)):
+                example = schema.make_example(image, int(label), f"{split}/{i}", soft_label=vote.tolist())
+                writer.write(example.SerializeToString())
+        counts = {name: int((labels == k).sum()) for k, name in enumerate(names)}
+        splits[split] = {"num_examples": len(labels), "class_counts": counts, "num_shards": 1}
+    info = schema.make_dataset_info(
+        class_names=names,
+        image_shape=[48, 48, 1],
+        encoding="raw",
+        splits=splits,
+        source={"format": "test"},
+        skipped={},
+        has_soft_labels=True,
+    )
+    schema.write_dataset_info(str(data_dir), info)
+
+
+def test_seven_class_run_on_an_eight_class_soft_label_dataset(finished_study, synthetic_data_dir, tmp_path):
+    import keras
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 48, 48, 1), dtype=np.uint8)
+    votes = rng.integers(0, 4, (24, 8)).astype(np.float32)
+    votes[:, 0] += 1  # every image has a vote among the shared classes...
+    votes[:, 7] = 0  # ...and none is contempt, except these:
+    votes[:4] = 0
+    votes[:4, 7] = 10  # four contempt images: a class the FER2013 model lacks
+    votes[4, :7] = 0
+    votes[4, [0, 7]] = [2, 8]  # majority contempt too, but one shared vote
+    _write_soft_dataset(tmp_path / "fp", images, votes)
+    run = finished_study / "runs" / "syn" / "crossentropy" / "seed0"
+
+    result = scoring.intensity_report(str(run), str(tmp_path / "fp"))
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    logits = np.asarray(model(images.astype(np.float32) / 255.0))
+    keep = np.arange(5, 24)  # images of a class the model knows
+    p = np.exp(logits[keep]) / np.exp(logits[keep]).sum(axis=1, keepdims=True)
+    v = votes[keep, :7] / votes[keep, :7].sum(axis=1, keepdims=True)
+    assert result["n"] == 19 and result["mae"] == pytest.approx(np.abs(p - v).mean(), rel=1e-4)
+    for k, name in enumerate(schema.FER2013_CLASSES):
+        assert result["pearson"][name] == pytest.approx(
+            np.corrcoef(p[:, k], v[:, k])[0, 1], rel=1e-3, abs=1e-4
+        )
+
+    rows = scoring.cross_dataset_matrix(
+        {"syn": str(run)},
+        {"syn": synthetic_data_dir, "fp": str(tmp_path / "fp")},
+        output_dir=str(tmp_path / "cross"),
+    )
+    assert [(r["train"], r["eval"], r["n"]) for r in rows] == [("syn", "syn", 140), ("syn", "fp", 19)]
+    assert rows[1]["target_only"] == "contempt:5" and rows[1]["model_only"] == ""
+    markdown = (tmp_path / "cross" / "cross_dataset.md").read_text()
+    assert "| syn | " in markdown and "images left out: contempt:5" in markdown
+
+
+def test_map_to_shared_scores_a_seven_class_model_on_six_classes():
+    model_classes = list(schema.FER2013_CLASSES)
+    target_classes = ["neutral", "happy", "sad", "angry", "surprise", "fear"]  # no disgust, other order
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    logits = np.full((6, 7), -5.0)
+    # Image 0 (neutral): disgust scores highest, but disgust cannot be predicted on this data.
+    logits[0, [1, 6]] = [9.0, 1.0]
+    for i, name in enumerate(target_classes[1:], start=1):
+        logits[i, model_classes.index(name)] = 3.0
+    logits[5, model_classes.index("sad")] = 4.0  # a fear image predicted sad
+    shared = scoring.map_to_shared(logits, labels, model_classes, target_classes)
+    assert shared["class_names"] == ["angry", "fear", "happy", "sad", "surprise", "neutral"]
+    assert shared["model_only"] == ["disgust"] and shared["target_only"] == {}
+    names = shared["class_names"]
+    assert [names[k] for k in shared["labels"]] == target_classes
+    assert [names[k] for k in shared["logits"].argmax(axis=1)] == target_classes[:5] + ["sad"]
+    assert shared["target_columns"] == [3, 5, 1, 2, 4, 0]
+
+    # A dataset class the model lacks: its images are left out and counted.
+    shared = scoring.map_to_shared(
+        logits[:3, :6],
+        np.array([0, 6, 6]),
+        model_classes[:6],
+        list(schema.FERPLUS_CLASSES[:6]) + ["contempt"],
+    )
+    assert shared["target_only"] == {"contempt": 2} and shared["keep"].tolist() == [True, False, False]
+
+
+def test_aggregate_and_format_match_numpy():
+    rows = [
+        {"dataset": "d", "method": "ce", "seed": s, "accuracy": a, "recall_disgust": r, "intensity_mae": ""}
+        for s, a, r in ((0, 0.60, 0.10), (1, 0.64, 0.30), (2, 0.65, 0.20))
+    ] + [{"dataset": "d", "method": "focal", "seed": 0, "accuracy": 0.5, "recall_disgust": 0.4}]
+    stats = study_report.aggregate(rows, ["accuracy", "recall_disgust", "intensity_mae"])
+    assert set(stats) == {("d", "ce"), ("d", "focal")}
+    ce = stats[("d", "ce")]
+    assert "intensity_mae" not in ce  # empty for these rows: left out
+    assert ce["accuracy"]["mean"] == pytest.approx(np.mean([0.60, 0.64, 0.65]))
+    assert ce["accuracy"]["std"] == pytest.approx(np.std([0.60, 0.64, 0.65], ddof=1))
+    assert ce["recall_disgust"] == pytest.approx({"mean": 0.2, "std": 0.1, "n": 3})
+    assert study_report.format_cell(ce["recall_disgust"]) == "20.00 ± 10.00"
+    focal = stats[("d", "focal")]["accuracy"]
+    assert focal["n"] == 1 and math.isnan(focal["std"]) and study_report.format_cell(focal) == "50.00 ± n/a"
+
+
+def test_intensity_metrics_match_numpy():
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    votes = np.array([[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6], [0.5, 0.5, 0.0]])
+    result = scoring.intensity_metrics(probabilities, votes, ["a", "b", "c"])
+    assert result["n"] == 4 and result["mae"] == pytest.approx(np.abs(probabilities - votes).mean())
+    r = [np.corrcoef(probabilities[:, k], votes[:, k])[0, 1] for k in range(3)]
+    assert [result["pearson"][n] for n in "abc"] == pytest.approx(r)
+    assert result["mean_pearson"] == pytest.approx(np.mean(r))
+    # A class nobody voted for has no correlation; the mean skips it.
+    votes[:, 2], votes[:, 1] = 0.0, 1.0 - votes[:, 0]
+    result = scoring.intensity_metrics(probabilities, votes, ["a", "b", "c"])
+    assert math.isnan(result["pearson"]["c"])
+    assert result["mean_pearson"] == pytest.approx(np.mean([result["pearson"]["a"], result["pearson"]["b"]]))
+
+
+def test_methods_run_after_the_runs_they_build_on():
+    assert study.expand_methods(["posthoc_la", "crt", "focal"]) == [
+        "crossentropy",
+        "posthoc_la",
+        "crt",
+        "focal",
+    ]
+    assert study.METHODS["crt"].overrides["sampling"] == "balanced"
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        study.expand_methods(["nope"])
+    summary = re.compile(r"\d+\.\d\d ± (\d+\.\d\d|n/a)")
+    assert summary.fullmatch(study_report.format_cell({"mean": 0.5, "std": 0.01, "n": 2}))
