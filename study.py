@@ -11,6 +11,7 @@ import sys
 
 from absl import app, flags
 
+import train
 from fer_tf import cli
 
 F = flags.FLAGS
@@ -22,31 +23,11 @@ flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).")
 flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when a dataset has no test).")
 flags.DEFINE_boolean("cross_dataset", False, "Also score each method's models on every dataset.")
 flags.DEFINE_string("raw_data", None, "Raw source converted into the first dataset when it is missing.")
-flags.DEFINE_enum(
-    "raw_format",
-    "fer2013",
-    ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"],
-    "Format of --raw_data.",
-)
+flags.DEFINE_enum("raw_format", "fer2013", train.RAW_FORMATS, "Format of --raw_data.")
 flags.DEFINE_string("smote_targets", "balance", "SMOTE targets of the smote method (data_tools.smote).")
-# The base recipe every cell shares (see train.py for the meaning of each flag).
-flags.DEFINE_string("model", "fernet", "Registered model name.")
-flags.DEFINE_float("width", None, "Model width multiplier.")
-flags.DEFINE_float("dropout", None, "Model dropout rate.")
-flags.DEFINE_integer("image_size", 48, "Side of the square model input.")
-flags.DEFINE_integer("channels", 1, "1 (grayscale) or 3.")
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("epochs", 10, "Epochs per cell.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Steps of one epoch (0: train examples // batch size).")
-flags.DEFINE_list("augment", [], "Augmentations by name (empty: the default recipe).")
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
-flags.DEFINE_float("lr", 1e-3, "Peak learning rate.")
-flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
-flags.DEFINE_enum("schedule", "cosine", ["cosine", "onecycle", "step", "constant"], "LR schedule.")
-flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup epochs.")
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
-flags.DEFINE_string("monitor", "val_balanced_accuracy", "Metric for the best checkpoint.")
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity.")
+# The base recipe every cell shares: train.py's recipe flags, recorded in flags.txt as this script's own.
+train.define_recipe_flags(epochs=10)
+flags.adopt_module_key_flags(train)
 flags.mark_flags_as_required(["study_dir", "datasets"])
 
 
@@ -104,25 +85,7 @@ def main(argv):
         fer_study.expand_methods(F.methods)
     except ValueError as e:
         cli.fail(str(e))
-    model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
-    base = dict(
-        model=F.model,
-        model_kwargs=model_kwargs,
-        image_size=F.image_size,
-        channels=F.channels,
-        batch_size=F.batch_size,
-        epochs=F.epochs,
-        steps_per_epoch=F.steps_per_epoch,
-        augmentations=tuple(F.augment),
-        optimizer=F.optimizer,
-        learning_rate=F.lr,
-        weight_decay=F.weight_decay,
-        schedule=F.schedule,
-        warmup_epochs=F.warmup_epochs,
-        label_smoothing=F.label_smoothing,
-        monitor=F.monitor,
-        verbose=F.verbose,
-    )
+    base = train.recipe_from_flags()
     study = fer_study.Study(
         F.study_dir, base, tuple(F.methods), datasets, tuple(range(F.seeds)), F.eval_split
     )

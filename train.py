@@ -2,103 +2,102 @@
 
 Flagfiles live in configs/ and record each experiment. Re-running the same
 command resumes an interrupted run from runs/<name>/backup/.
+
+study.py imports this module for its recipe flags (`define_recipe_flags`,
+`recipe_from_flags`), so flags are defined by functions, not at import.
 """
 
 import os
 import sys
+from typing import Any
 
 from absl import app, flags
 
 from fer_tf import cli
 
 F = flags.FLAGS
-flags.DEFINE_string("name", None, "Run name; the run directory is <runs_dir>/<name>.")
-flags.DEFINE_string("runs_dir", "runs", "Parent directory of run directories.")
-flags.DEFINE_string("data_dir", None, "Converted TFRecord dataset (with dataset_info.json).")
-flags.DEFINE_string("raw_data", None, "Raw source to convert into --data_dir when it is missing.")
-flags.DEFINE_enum(
-    "raw_format",
-    "fer2013",
-    ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"],
-    "Format of --raw_data.",
-)
-flags.DEFINE_float(
-    "val_fraction", 0.0, "Share of train carved out as val when converting a dataset without one."
-)
-flags.DEFINE_string("model", "fernet", "Registered model name (fer_tf.models.MODELS).")
-flags.DEFINE_float("width", None, "Model width multiplier, if the model has one.")
-flags.DEFINE_float("dropout", None, "Model dropout rate, if the model has one.")
-flags.DEFINE_list("model_kw", [], "Other model keywords as key=value, e.g. depth=0.5,activation=hard_silu.")
-flags.DEFINE_integer("image_size", 48, "Side of the square model input.")
-flags.DEFINE_integer("channels", 1, "1 (grayscale) or 3.")
-flags.DEFINE_string("init_weights", "", "Weights file to load by layer name (mismatched head skipped).")
-flags.DEFINE_string("crt_from", "", "cRT: run directory whose backbone is frozen and head re-fit.")
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-flags.DEFINE_integer("epochs", 30, "Epochs; one epoch = train examples // batch size steps.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Override the steps of one epoch (0: from the data).")
-flags.DEFINE_enum("sampling", "instance", ["instance", "balanced", "sqrt", "progressive"], "Class sampling.")
-flags.DEFINE_integer("progressive_epochs", 0, "Epochs to go from instance to balanced (0: all).")
-flags.DEFINE_list("augment", [], "Augmentations by name (empty: the default recipe).")
-flags.DEFINE_float("aug_strength", 1.0, "Scales every augmentation's magnitude.")
-flags.DEFINE_float("mixup", 0.0, "Mixup alpha (0: off).")
-flags.DEFINE_float("cutmix", 0.0, "CutMix alpha (0: off).")
-flags.DEFINE_boolean("soft_labels", False, "Train on image/class/soft_label votes (FER+).")
-flags.DEFINE_enum(
-    "loss",
+RAW_FORMATS = ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"]
+LOSSES = [
     "crossentropy",
-    ["crossentropy", "focal", "class_balanced", "class_balanced_focal", "logit_adjusted", "balanced_softmax"],
-    "Loss function.",
-)
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
-flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")
-flags.DEFINE_list("focal_alpha", [], "Per-class focal alpha (K values; empty: none).")
-flags.DEFINE_float("cb_beta", 0.9999, "Effective-number beta (class-balanced loss/weights).")
-flags.DEFINE_float("la_tau", 1.0, "Logit-adjustment tau.")
-flags.DEFINE_enum(
-    "class_weight", "none", ["none", "inverse", "sqrt_inverse", "effective"], "fit(class_weight=) mode."
-)
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
-flags.DEFINE_float("lr", 1e-3, "Peak learning rate.")
-flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_enum("schedule", "cosine", ["cosine", "onecycle", "step", "constant"], "LR schedule.")
-flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup epochs.")
-flags.DEFINE_float("clipnorm", 0.0, "Gradient clipping by norm (0: off).")
-flags.DEFINE_string("monitor", "val_balanced_accuracy", "Metric for the best checkpoint.")
-flags.DEFINE_integer("early_stopping", 0, "Early-stopping patience in epochs (0: off).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_boolean("deterministic", False, "Enable TF op determinism (slower).")
-flags.DEFINE_enum(
-    "mixed_precision",
-    "float32",
-    ["float32", "mixed_float16", "mixed_bfloat16"],
-    "Keras precision policy; logits and loss stay float32.",
-)
-flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker"], "tf.distribute strategy.")
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: one line per epoch).")
-flags.mark_flags_as_required(["name", "data_dir"])
+    "focal",
+    "class_balanced",
+    "class_balanced_focal",
+    "logit_adjusted",
+    "balanced_softmax",
+]
 
 
-def prepare_data() -> None:
-    """Converts --raw_data into --data_dir when the TFRecords are missing."""
-    if os.path.exists(os.path.join(F.data_dir, "dataset_info.json")):
-        return
-    if not F.raw_data:
-        cli.fail(f"no dataset at {F.data_dir} and no --raw_data to convert it from")
-    from data_tools import convert
+def define_recipe_flags(epochs: int = 30) -> None:
+    """Defines the training-recipe flags: the TrainConfig fields runs of a study share.
 
-    try:
-        convert.prepare_dataset(
-            F.raw_data,
-            F.data_dir,
-            F.raw_format,
-            image_size=F.image_size,
-            channels=F.channels,
-            val_fraction=F.val_fraction,
-        )
-    except FileNotFoundError as e:
-        cli.fail(str(e))
+    Args:
+      epochs: the default of --epochs (study.py's cells default to fewer).
+    """
+    flags.DEFINE_string("model", "fernet", "Registered model name (fer_tf.models.MODELS).")
+    flags.DEFINE_float("width", None, "Model width multiplier, if the model has one.")
+    flags.DEFINE_float("dropout", None, "Model dropout rate, if the model has one.")
+    flags.DEFINE_list(
+        "model_kw", [], "Other model keywords as key=value, e.g. depth=0.5,activation=hard_silu."
+    )
+    flags.DEFINE_integer("image_size", 48, "Side of the square model input.")
+    flags.DEFINE_integer("channels", 1, "1 (grayscale) or 3.")
+    flags.DEFINE_string("init_weights", "", "Weights file to load by layer name (mismatched head skipped).")
+    flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+    flags.DEFINE_integer("epochs", epochs, "Epochs; one epoch = train examples // batch size steps.")
+    flags.DEFINE_integer("steps_per_epoch", 0, "Override the steps of one epoch (0: from the data).")
+    flags.DEFINE_enum(
+        "sampling", "instance", ["instance", "balanced", "sqrt", "progressive"], "Class sampling."
+    )
+    flags.DEFINE_integer("progressive_epochs", 0, "Epochs to go from instance to balanced (0: all).")
+    flags.DEFINE_list("augment", [], "Augmentations by name (empty: the default recipe).")
+    flags.DEFINE_float("aug_strength", 1.0, "Scales every augmentation's magnitude.")
+    flags.DEFINE_float("mixup", 0.0, "Mixup alpha (0: off).")
+    flags.DEFINE_float("cutmix", 0.0, "CutMix alpha (0: off).")
+    flags.DEFINE_boolean("soft_labels", False, "Train on image/class/soft_label votes (FER+).")
+    flags.DEFINE_enum("loss", "crossentropy", LOSSES, "Loss function.")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
+    flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")
+    flags.DEFINE_list("focal_alpha", [], "Per-class focal alpha (K values; empty: none).")
+    flags.DEFINE_float("cb_beta", 0.9999, "Effective-number beta (class-balanced loss/weights).")
+    flags.DEFINE_float("la_tau", 1.0, "Logit-adjustment tau.")
+    flags.DEFINE_enum(
+        "class_weight", "none", ["none", "inverse", "sqrt_inverse", "effective"], "fit(class_weight=) mode."
+    )
+    flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
+    flags.DEFINE_float("lr", 1e-3, "Peak learning rate.")
+    flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_enum("schedule", "cosine", ["cosine", "onecycle", "step", "constant"], "LR schedule.")
+    flags.DEFINE_float("warmup_epochs", 1.0, "Linear warmup epochs.")
+    flags.DEFINE_float("clipnorm", 0.0, "Gradient clipping by norm (0: off).")
+    flags.DEFINE_string("monitor", "val_balanced_accuracy", "Metric for the best checkpoint.")
+    flags.DEFINE_integer("early_stopping", 0, "Early-stopping patience in epochs (0: off).")
+    flags.DEFINE_boolean("deterministic", False, "Enable TF op determinism (slower).")
+    flags.DEFINE_enum(
+        "mixed_precision",
+        "float32",
+        ["float32", "mixed_float16", "mixed_bfloat16"],
+        "Keras precision policy; logits and loss stay float32.",
+    )
+    flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
+    flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker"], "tf.distribute strategy.")
+    flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: one line per epoch).")
+
+
+def define_flags() -> None:
+    """Defines train.py's flags: where the run and its data are, then the recipe."""
+    flags.DEFINE_string("name", None, "Run name; the run directory is <runs_dir>/<name>.")
+    flags.DEFINE_string("runs_dir", "runs", "Parent directory of run directories.")
+    flags.DEFINE_string("data_dir", None, "Converted TFRecord dataset (with dataset_info.json).")
+    flags.DEFINE_string("raw_data", None, "Raw source to convert into --data_dir when it is missing.")
+    flags.DEFINE_enum("raw_format", "fer2013", RAW_FORMATS, "Format of --raw_data.")
+    flags.DEFINE_float(
+        "val_fraction", 0.0, "Share of train carved out as val when converting a dataset without one."
+    )
+    flags.DEFINE_string("crt_from", "", "cRT: run directory whose backbone is frozen and head re-fit.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    define_recipe_flags()
+    flags.mark_flags_as_required(["name", "data_dir"])
 
 
 def _number_or_text(value: str):
@@ -108,26 +107,18 @@ def _number_or_text(value: str):
         return value
 
 
-def main(argv):
-    del argv
-    import tensorflow as tf
-
-    from fer_tf import callbacks, train_lib
-
-    prepare_data()
+def recipe_from_flags() -> dict[str, Any]:
+    """TrainConfig fields from the recipe flags: all but run_dir, data_dir, crt_from and seed."""
     model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
     for item in F.model_kw:
         key, _, value = item.partition("=")
         model_kwargs[key] = _number_or_text(value)
-    config = train_lib.TrainConfig(
-        run_dir=os.path.join(F.runs_dir, F.name),
-        data_dir=F.data_dir,
+    return dict(
         model=F.model,
         model_kwargs=model_kwargs,
         image_size=F.image_size,
         channels=F.channels,
         init_weights=F.init_weights,
-        crt_from=F.crt_from,
         batch_size=F.batch_size,
         epochs=F.epochs,
         steps_per_epoch=F.steps_per_epoch,
@@ -154,12 +145,48 @@ def main(argv):
         clipnorm=F.clipnorm,
         monitor=F.monitor,
         early_stopping_patience=F.early_stopping,
-        seed=F.seed,
         deterministic=F.deterministic,
         mixed_precision=F.mixed_precision,
         jit_compile=F.jit_compile,
         strategy=F.strategy,
         verbose=F.verbose,
+    )
+
+
+def prepare_data() -> None:
+    """Converts --raw_data into --data_dir when the TFRecords are missing."""
+    if os.path.exists(os.path.join(F.data_dir, "dataset_info.json")):
+        return
+    if not F.raw_data:
+        cli.fail(f"no dataset at {F.data_dir} and no --raw_data to convert it from")
+    from data_tools import convert
+
+    try:
+        convert.prepare_dataset(
+            F.raw_data,
+            F.data_dir,
+            F.raw_format,
+            image_size=F.image_size,
+            channels=F.channels,
+            val_fraction=F.val_fraction,
+        )
+    except FileNotFoundError as e:
+        cli.fail(str(e))
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    from fer_tf import callbacks, train_lib
+
+    prepare_data()
+    config = train_lib.TrainConfig(
+        run_dir=os.path.join(F.runs_dir, F.name),
+        data_dir=F.data_dir,
+        crt_from=F.crt_from,
+        seed=F.seed,
+        **recipe_from_flags(),
     )
     tf.get_logger().setLevel("ERROR")
     try:
@@ -173,4 +200,5 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    define_flags()
     app.run(main, argv=cli.resolve_flagfiles(sys.argv))

@@ -5,7 +5,8 @@ val/test shards are copied byte for byte: the tools that build a derived set
 never decode, sample or write an evaluation record, so nothing learned from
 them can leak into training (the "oversampling before splitting" trap).
 The new directory appears atomically: it is written under a temp name beside
-the output and renamed at the end.
+the output and renamed at the end. The tools' CLIs share their common flags
+and checks (`define_flags`, `run_cli`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import flags
 
 from data_tools.writer import Record, write_shards
-from fer_tf import schema
+from fer_tf import cli, schema
 
 TRAIN = "train"
 
@@ -123,7 +125,9 @@ def write_derived(
       output_dir: the new dataset directory; must not exist unless `overwrite`.
       parent_info: the parent's dataset_info.
       train_records: the new training records (Record.split must be "train").
-      source: the new `source` entry of dataset_info.
+      source: the tool's `source` fields of the new dataset_info (format,
+        options); `parent_dir` and `parent_source` are added here, so every
+        derived dataset names the dataset it came from.
       num_shards: train shards (default: as many as the parent's train split).
       overwrite: replace an existing `output_dir`.
 
@@ -145,7 +149,8 @@ def write_derived(
         for split, entry in parent_info["splits"].items():
             if split != TRAIN:
                 _copy_split(input_dir, tmp, split, entry["num_shards"])
-        info = _derived_info(parent_info, written, synthetic["synthetic"], num_shards, source)
+        lineage = {"parent_dir": os.path.abspath(input_dir), "parent_source": parent_info["source"]}
+        info = _derived_info(parent_info, written, synthetic["synthetic"], num_shards, {**source, **lineage})
         schema.write_dataset_info(tmp, info)
         _replace_dir(tmp, output_dir)
     except BaseException:
@@ -194,3 +199,34 @@ def _replace_dir(tmp: str, output_dir: str) -> None:
     os.rename(output_dir, os.path.join(old, "data"))
     os.rename(tmp, output_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def define_flags() -> None:
+    """Defines the flags every derived-set CLI takes: --data, --output, --num_shards, --overwrite."""
+    flags.DEFINE_string("data", None, "Parent dataset directory (shards + dataset_info.json).")
+    flags.DEFINE_string("output", None, "New dataset directory.")
+    flags.DEFINE_integer("num_shards", None, "Train shards (default: as many as the parent).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+
+
+def run_cli(build: Callable[[], Mapping[str, Any]]) -> None:
+    """The main() of a derived-set CLI: checks --data and --output, runs `build`, prints the counts.
+
+    Args:
+      build: writes the derived dataset from the flags and returns its dataset_info.
+        A missing input, a ValueError or an existing output (FileExistsError)
+        end the CLI with a one-line error and exit code 2 (`fer_tf.cli.fail`).
+    """
+    f = flags.FLAGS
+    if not f.data or not os.path.exists(os.path.join(f.data, schema.INFO_FILE)):
+        cli.fail(f"--data={f.data}: no {schema.INFO_FILE} there (convert the dataset first)")
+    if not f.output:
+        cli.fail("--output is required")
+    try:
+        info = build()
+    except (ValueError, FileExistsError) as e:
+        cli.fail(str(e))
+    train = info["splits"][TRAIN]
+    counts = ", ".join(f"{n} {c}" for n, c in train["class_counts"].items())
+    synthetic = f", {train['num_synthetic']} synthetic" if train["num_synthetic"] else ""
+    print(f"wrote {f.output}: train {train['num_examples']} images{synthetic} ({counts})")

@@ -66,23 +66,12 @@ def _first_dir(root: str, candidates: Sequence[str]) -> str | None:
     return next((os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))), None)
 
 
-def _build(name: str, root: str, entries, skipped, details, options: dict[str, Any]) -> Source:
-    """The Source of a layout whose labels are FER2013's 7 classes (unless `classes` says otherwise)."""
-    size, channels, align, margin = (options.pop(k) for k in ("image_size", "channels", "align", "margin"))
-    folders.check_options(size, channels, options["split"], options["val_fraction"])
-    return folders.build_source(
-        name,
-        entries,
-        decoder=ImageDecoder(size, channels, align, margin),
-        default_classes=schema.FER2013_CLASSES,
-        skipped=skipped,
-        details={"root": root, **details},
-        **options,
-    )
-
-
-def rafdb_source(
+def _build(
+    name: str,
     root: str,
+    entries: list[Entry],
+    skipped: collections.Counter,
+    details: dict[str, Any],
     *,
     classes: Sequence[str] | None = None,
     image_size: int = 48,
@@ -93,18 +82,34 @@ def rafdb_source(
     align: bool = False,
     margin: float = 0.2,
 ) -> Source:
+    """The Source of a layout whose labels are FER2013's 7 classes (unless `classes` says otherwise).
+
+    The keyword options, and their defaults, are `folders.folder_source`'s.
+    """
+    folders.check_options(image_size, channels, split, val_fraction)
+    return folders.build_source(
+        name,
+        entries,
+        decoder=ImageDecoder(image_size, channels, align, margin),
+        classes=classes,
+        default_classes=schema.FER2013_CLASSES,
+        split=split,
+        val_fraction=val_fraction,
+        seed=seed,
+        skipped=skipped,
+        details={"root": root, **details},
+    )
+
+
+def rafdb_source(root: str, **options: Any) -> Source:
     """RAF-DB basic (7 classes) from `root` (the raf-basic folder, or a folder holding `basic/`).
 
     Args:
       root: dataset folder.
-      classes: names fixing class order/selection (default: the 7 FER2013 classes).
-      image_size: side of the stored square images.
-      channels: 1 (gray) or 3 (RGB).
-      split: must stay the default: RAF-DB ships its train/test split.
-      val_fraction: fraction of train moved (stratified, seeded) to val; default 0: no val split.
-      seed: seed of the val split.
-      align: re-detect and align faces (the aligned images already are).
-      margin: face margin when aligning.
+      **options: `folders.folder_source` options (classes, default: the 7 FER2013
+        classes; image_size, channels, val_fraction, seed, align, margin). `split`
+        must stay the default: RAF-DB ships its train/test split, and val comes
+        only from val_fraction. The aligned images need no `align`.
 
     Returns:
       The Source; ids are the label file's names (train_00001.jpg).
@@ -113,7 +118,7 @@ def rafdb_source(
       FileNotFoundError: no EmoLabel/list_patition_label.txt.
       ValueError: bad options.
     """
-    if tuple(split) != DEFAULT_SPLIT:
+    if tuple(options.get("split", DEFAULT_SPLIT)) != DEFAULT_SPLIT:
         raise ValueError("rafdb ships its own train/test split; use val_fraction for a val split")
     base = root
     if not os.path.isdir(os.path.join(root, "EmoLabel")) and os.path.isdir(os.path.join(root, "basic")):
@@ -137,37 +142,18 @@ def rafdb_source(
                 os.path.join(base, "Image", "original", file),
             )
             entries.append(Entry(file, label, paths, subset))
-    options = {"classes": classes, "split": split, "val_fraction": val_fraction, "seed": seed}
-    options |= {"image_size": image_size, "channels": channels, "align": align, "margin": margin}
-    return _build("rafdb", root, entries, skipped, {"layout": "rafdb"}, options)
+    return _build("rafdb", root, entries, skipped, {"layout": "rafdb"}, **options)
 
 
-def expw_source(
-    root: str,
-    *,
-    classes: Sequence[str] | None = None,
-    image_size: int = 48,
-    channels: int = 1,
-    split: Sequence[float] = DEFAULT_SPLIT,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-    align: bool = False,
-    margin: float = 0.2,
-    min_confidence: float | None = None,
-) -> Source:
+def expw_source(root: str, *, min_confidence: float | None = None, **options: Any) -> Source:
     """ExpW (Expression in-the-Wild) from `root`, holding label/label.lst and image/origin/.
 
     Args:
       root: dataset folder.
-      classes: names fixing class order/selection (default: the 7 FER2013 classes).
-      image_size: side of the stored square images.
-      channels: 1 (gray) or 3 (RGB).
-      split: train/val/test fractions of the stratified, seeded split.
-      val_fraction: fraction of train moved to val; only with a split whose val part is 0.
-      seed: seed of the split.
-      align: detect and align the face inside the (enlarged) box.
-      margin: face margin when aligning.
       min_confidence: skip faces whose box confidence is below it (low_confidence).
+      **options: `folders.folder_source` options (classes, default: the 7 FER2013
+        classes; image_size, channels, split, val_fraction, seed, margin; `align`
+        detects and aligns the face inside the enlarged box).
 
     Returns:
       The Source; ids are `name#face_id`.
@@ -211,9 +197,7 @@ def expw_source(
         "image_dir": os.path.relpath(image_dir, root),
         "min_confidence": min_confidence,
     }
-    options = {"classes": classes, "split": split, "val_fraction": val_fraction, "seed": seed}
-    options |= {"image_size": image_size, "channels": channels, "align": align, "margin": margin}
-    return _build("expw", root, entries, skipped, details, options)
+    return _build("expw", root, entries, skipped, details, **options)
 
 
 def _labels_csv(root: str) -> str | None:

@@ -12,7 +12,6 @@ Which images are kept is drawn with `seed`; val/test are copied unchanged.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,8 +90,6 @@ def make_longtail(
     indices = choose_indices(train.labels, keep, seed)
     source = {
         "format": "longtail",
-        "parent_dir": os.path.abspath(input_dir),
-        "parent_source": info["source"],
         "imbalance_factor": float(imbalance_factor),
         "seed": int(seed),
         "parent_train_counts": {n: int(c) for n, c in zip(class_names, parent_counts, strict=True)},
@@ -104,30 +101,17 @@ def make_longtail(
 
 def define_flags() -> None:
     """Defines the CLI flags; called only when run as a script, so importing defines none."""
-    flags.DEFINE_string("data", None, "Parent dataset directory (shards + dataset_info.json).")
-    flags.DEFINE_string("output", None, "New dataset directory.")
+    derive.define_flags()
     flags.DEFINE_float("imbalance_factor", 10.0, "Head/tail ratio IF of the subset (>= 1).")
     flags.DEFINE_integer("seed", 0, "Which images each class keeps.")
-    flags.DEFINE_integer("num_shards", None, "Train shards (default: as many as the parent).")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from fer_tf.cli import fail
-
     f = flags.FLAGS
-    if not f.data or not os.path.exists(os.path.join(f.data, schema.INFO_FILE)):
-        fail(f"--data={f.data}: no {schema.INFO_FILE} there (convert the dataset first)")
-    if not f.output:
-        fail("--output is required")
-    try:
-        info = make_longtail(f.data, f.output, f.imbalance_factor, f.seed, f.num_shards, f.overwrite)
-    except (ValueError, FileExistsError) as e:
-        fail(str(e))
-    train = info["splits"]["train"]
-    counts = ", ".join(f"{n} {c}" for n, c in train["class_counts"].items())
-    print(f"wrote {f.output}: train {train['num_examples']} images ({counts})")
+    derive.run_cli(
+        lambda: make_longtail(f.data, f.output, f.imbalance_factor, f.seed, f.num_shards, f.overwrite)
+    )
 
 
 if __name__ == "__main__":

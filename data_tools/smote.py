@@ -16,7 +16,6 @@ New records keep the originals and add `synthetic=1` records with ids
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -172,8 +171,6 @@ def apply_smote(
     ]
     source = {
         "format": "smote",
-        "parent_dir": os.path.abspath(input_dir),
-        "parent_source": info["source"],
         "targets": resolved,
         "k_neighbors": int(k),
         "seed": int(seed),
@@ -185,36 +182,21 @@ def apply_smote(
 
 def define_flags() -> None:
     """Defines the CLI flags; called only when run as a script, so importing defines none."""
-    flags.DEFINE_string("data", None, "Parent dataset directory (shards + dataset_info.json).")
-    flags.DEFINE_string("output", None, "New dataset directory.")
+    derive.define_flags()
     flags.DEFINE_string(
         "targets", "balance", f"class:count,... (final train counts) or one of {TARGET_RULES}."
     )
     flags.DEFINE_integer("k_neighbors", 5, "SMOTE nearest neighbours.")
     flags.DEFINE_integer("seed", 0, "SMOTE random state.")
-    flags.DEFINE_integer("num_shards", None, "Train shards (default: as many as the parent).")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    from fer_tf.cli import fail
-
     f = flags.FLAGS
-    if not f.data or not os.path.exists(os.path.join(f.data, schema.INFO_FILE)):
-        fail(f"--data={f.data}: no {schema.INFO_FILE} there (convert the dataset first)")
-    if not f.output:
-        fail("--output is required")
-    try:
-        info = apply_smote(
+    derive.run_cli(
+        lambda: apply_smote(
             f.data, f.output, parse_targets(f.targets), f.k_neighbors, f.seed, f.num_shards, f.overwrite
         )
-    except (ValueError, FileExistsError) as e:
-        fail(str(e))
-    train = info["splits"]["train"]
-    counts = ", ".join(f"{n} {c}" for n, c in train["class_counts"].items())
-    print(
-        f"wrote {f.output}: train {train['num_examples']} images, {train['num_synthetic']} synthetic ({counts})"
     )
 
 

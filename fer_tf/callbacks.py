@@ -8,8 +8,11 @@ values it adds to `logs`.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import platform
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -123,6 +126,43 @@ class RestoreBest(keras.callbacks.Callback):
             callback.best = best
             if isinstance(callback, keras.callbacks.EarlyStopping):
                 callback.wait = since_best
+
+
+class RunCost(keras.callbacks.Callback):
+    """Accumulates the wall-clock and CPU time of a run in `cost.json`, across resumed sittings.
+
+    A model card must state what training cost. A run stopped and resumed
+    with BackupAndRestore spans several processes, so each sitting adds its
+    own time to what the file already holds. It is written at every epoch end;
+    a sitting killed mid-epoch loses only that epoch's share.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+        self._base: dict[str, Any] = {}
+        self._wall0 = self._cpu0 = 0.0
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self._path):
+            with open(self._path) as f:
+                self._base = json.load(f)
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write(epochs_done=epoch + 1)
+
+    def write(self, epochs_done: int) -> None:
+        base = self._base
+        cost = {
+            "wall_seconds": round(base.get("wall_seconds", 0.0) + time.perf_counter() - self._wall0, 1),
+            "cpu_seconds": round(base.get("cpu_seconds", 0.0) + time.process_time() - self._cpu0, 1),
+            "epochs_done": epochs_done,
+            "sittings": base.get("sittings", 0) + 1,
+            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "system": platform.system()},
+        }
+        with open(self._path, "w") as f:
+            json.dump(cost, f, indent=2)
 
 
 def read_history_column(history_csv: str, column: str) -> list[float]:

@@ -63,17 +63,37 @@ def _as_distribution(values: np.ndarray) -> np.ndarray:
 
 
 class TFLiteClassifier:
-    """Classifies aligned faces with a `.tflite` model (uint8 [1,S,S,C] input).
+    """Classifies aligned faces with a `.tflite` model ([1,S,S,C] input).
+
+    Our exports take uint8 pixels (preprocessing is in the graph). A model
+    with uint8 input gets the pixels as they are and one with int8 input gets
+    `pixel - 128`: their quantization parameters say what values they mean.
+    A float32-input model gets the pixels mapped linearly onto `input_range`.
 
     Args:
       path: the `.tflite` file.
       num_threads: interpreter threads.
       class_names: overrides `labels.txt`/`metadata.json` beside the model.
+      input_range: (low, high) that a float32-input model expects for pixel
+        values 0 and 255, e.g. (0, 1) for our float models or (-1, 1) for
+        Keras `preprocess_input`-style models. Unused for integer inputs.
+
+    Raises:
+      ValueError: when the class names do not match the model's outputs or
+        `input_range` is not increasing.
     """
 
     def __init__(
-        self, path: str | os.PathLike, num_threads: int = 1, class_names: Sequence[str] | None = None
+        self,
+        path: str | os.PathLike,
+        num_threads: int = 1,
+        class_names: Sequence[str] | None = None,
+        input_range: tuple[float, float] = (0.0, 1.0),
     ):
+        low, high = (float(v) for v in input_range)
+        if not low < high:
+            raise ValueError(f"input_range must be (low, high) with low < high, got {tuple(input_range)}")
+        self.input_range = (low, high)
         self.path = Path(path)
         self._interpreter = tflite_interpreter(self.path, num_threads)
         inp = self._interpreter.get_input_details()[0]
@@ -93,15 +113,23 @@ class TFLiteClassifier:
         probs = np.zeros((len(faces), len(self.class_names)), np.float32)
         for i, face in enumerate(faces):
             x = np.asarray(face, np.uint8).reshape(1, self.input_size, self.input_size, self.channels)
-            if self._input_dtype == np.float32:
-                x = x.astype(np.float32) / 255.0  # a float model takes preprocess_for_eval output
-            self._interpreter.set_tensor(self._input, x)
+            self._interpreter.set_tensor(self._input, self._model_input(x))
             self._interpreter.invoke()
             raw = self._interpreter.get_tensor(self._output)[0].astype(np.float32)
             if self._output_dtype in (np.int8, np.uint8) and self._output_scale:
                 raw = (raw - self._output_zero) * self._output_scale
             probs[i] = _as_distribution(raw)
         return probs
+
+    def _model_input(self, x: np.ndarray) -> np.ndarray:
+        """uint8 pixels -> the dtype and value range the model's input tensor takes."""
+        if self._input_dtype == np.float32:
+            low, high = self.input_range
+            # (0, 1) keeps x / 255 exactly: the output of preprocess_for_eval.
+            return (x.astype(np.float32) / 255.0 * (high - low) + low).astype(np.float32)
+        if self._input_dtype == np.int8:
+            return (x.astype(np.int16) - 128).astype(np.int8)
+        return x
 
 
 class SavedModelClassifier:

@@ -36,10 +36,20 @@ def to_model_input(images: np.ndarray, image_size: int, channels: int) -> np.nda
 
 
 class TFLitePredictor:
-    """uint8 images `[N, H, W, C]` of any size -> probabilities `[N, K]` with a .tflite model."""
+    """uint8 images `[N, H, W, C]` of any size -> probabilities `[N, K]` with a .tflite model.
 
-    def __init__(self, path: str, class_names: Sequence[str] | None = None, num_threads: int = 1):
-        self.classifier = inference.TFLiteClassifier(path, num_threads, class_names)
+    `input_range` is what a float32-input model expects for pixels 0..255
+    (see `fer_tf.classifiers.TFLiteClassifier`).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        class_names: Sequence[str] | None = None,
+        num_threads: int = 1,
+        input_range: tuple[float, float] = (0.0, 1.0),
+    ):
+        self.classifier = inference.TFLiteClassifier(path, num_threads, class_names, input_range)
         self.class_names = self.classifier.class_names
         self.image_size, self.channels = self.classifier.input_size, self.classifier.channels
 
@@ -63,13 +73,25 @@ class SavedModelPredictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
 
-def load_exported(path: str, num_threads: int = 1) -> TFLitePredictor | SavedModelPredictor:
+def load_exported(
+    path: str,
+    num_threads: int = 1,
+    class_names: Sequence[str] | None = None,
+    input_range: tuple[float, float] = (0.0, 1.0),
+) -> TFLitePredictor | SavedModelPredictor:
     """Loads an export directory, its `saved_model/`, or a `.tflite` file as a predictor.
+
+    Any classifier `.tflite` works, not only our exports: give `class_names`
+    when no `labels.txt` lies beside it, and `input_range` when it takes
+    float32 pixels in another range than [0, 1] (e.g. (-1, 1)).
 
     Args:
       path: the export directory (uses `saved_model/`), a SavedModel directory,
         or a `.tflite` file (class names from `labels.txt` beside it).
       num_threads: TFLite interpreter threads.
+      class_names: overrides the class names found beside the model.
+      input_range: pixel range of a float32-input `.tflite`; a SavedModel
+        (uint8 input) ignores it.
 
     Returns:
       A callable uint8 `[N, H, W, C]` -> float32 probabilities `[N, K]`, with
@@ -77,18 +99,23 @@ def load_exported(path: str, num_threads: int = 1) -> TFLitePredictor | SavedMod
 
     Raises:
       FileNotFoundError: when `path` is none of these, or no class names are found.
+      ValueError: when the class names do not match a `.tflite` model's outputs.
     """
     path = os.fspath(path)
     if os.path.isfile(path) and path.endswith(".tflite"):
-        names = inference.read_class_names(os.path.dirname(os.path.abspath(path)))
+        names = class_names or inference.read_class_names(os.path.dirname(os.path.abspath(path)))
         if names is None:
-            raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} beside {path}")
-        return TFLitePredictor(path, names, num_threads)
+            raise FileNotFoundError(
+                f"no {LABELS_FILE} or {METADATA_FILE} beside {path}: give its class names (evaluate.py --labels)"
+            )
+        return TFLitePredictor(path, names, num_threads, input_range)
     is_export = os.path.isfile(os.path.join(path, SAVED_MODEL_DIR, "saved_model.pb"))
     if not is_export and not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise FileNotFoundError(f"{path} is neither an export directory, a SavedModel nor a .tflite file")
-    names = inference.read_class_names(path) or inference.read_class_names(
-        os.path.dirname(os.path.abspath(path))
+    names = (
+        class_names
+        or inference.read_class_names(path)
+        or inference.read_class_names(os.path.dirname(os.path.abspath(path)))
     )
     if names is None:
         raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} found for {path}")

@@ -347,6 +347,7 @@ def _callbacks(config, class_names, val_ds, epoch_var, steps):
         cb.LearningRateLogger(),
         cb.EpochVariable(epoch_var),
         cb.StopOnNaN(steps),
+        cb.RunCost(os.path.join(run, "cost.json")),
         keras.callbacks.BackupAndRestore(os.path.join(run, "backup")),
         checkpoint,
     ]

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_info
 
 from fer_tf import data, sampling, schema
 
@@ -36,33 +37,19 @@ def dataset(tmp_path_factory):
     """A train split of 70 (4 shards) and a val split of 23 (2 shards), with FER+-style votes."""
     data_dir = str(tmp_path_factory.mktemp("tfrecords"))
     rng = np.random.default_rng(0)
-    arrays, splits = {}, {}
+    arrays, num_shards = {}, {"train": 4, "val": 2}
     train_labels = rng.permutation(np.repeat(np.arange(7), TRAIN_COUNTS))
     val_labels = rng.integers(0, 7, size=VAL_SIZE)
     offset = 0
-    for split, labels, shards in (("train", train_labels, 4), ("val", val_labels, 2)):
+    for split, labels in (("train", train_labels), ("val", val_labels)):
         images = np.stack([_image(offset + i, rng) for i in range(len(labels))])
         votes = rng.integers(0, 4, size=(len(labels), 7)).astype(np.float32)
         votes[np.arange(len(labels)), labels] += 6  # 10-ish annotators, majority = label
-        order = _write(data_dir, split, images, labels, votes, shards)
+        order = _write(data_dir, split, images, labels, votes, num_shards[split])
         arrays[split] = (images, labels, votes, order)
-        counts = np.bincount(labels, minlength=7)
-        splits[split] = {
-            "num_examples": len(labels),
-            "num_shards": shards,
-            "class_counts": {c: int(n) for c, n in zip(CLASSES, counts, strict=True)},
-        }
         offset += len(labels)
-    info = schema.make_dataset_info(
-        class_names=CLASSES,
-        image_shape=[48, 48, 1],
-        encoding="raw",
-        splits=splits,
-        source={"format": "test"},
-        skipped={},
-        has_soft_labels=True,
-    )
-    schema.write_dataset_info(data_dir, info)
+    labels = {split: split_arrays[1] for split, split_arrays in arrays.items()}
+    write_info(data_dir, CLASSES, labels, num_shards, has_soft_labels=True)
     return data_dir, schema.read_dataset_info(data_dir), arrays
 
 
@@ -294,14 +281,8 @@ def test_class_without_examples_is_never_drawn(tmp_path):
     labels = np.array([0, 2] * 10)
     images = np.stack([_image(i, rng) for i in range(20)])
     _write(str(tmp_path), "train", images, labels, [None] * 20, 2)
-    info = schema.make_dataset_info(
-        class_names=["a", "b", "c"],
-        image_shape=[48, 48, 1],
-        encoding="raw",
-        splits={"train": {"num_examples": 20, "num_shards": 2, "class_counts": {"a": 10, "b": 0, "c": 10}}},
-        source={},
-        skipped={},
-    )
+    info = write_info(tmp_path, ["a", "b", "c"], {"train": labels}, 2)
+    assert info["splits"]["train"]["class_counts"] == {"a": 10, "b": 0, "c": 10}
     ds = data.make_train_dataset(str(tmp_path), info, batch_size=20, sampling="balanced", augmentations=())
     _, y = _batches(ds, 10)
     counts = np.bincount(y.argmax(1), minlength=3)

@@ -105,7 +105,21 @@ def exported(tmp_path_factory):
         "export.py", f"--run={run_dir}", f"--output={out}", "--fp16", "--representative_samples=50"
     )
     assert proc.returncode == 0, proc.stderr
-    return {"run_dir": run_dir, "out": out, "arrays": arrays, "stdout": proc.stdout}
+    return {"root": root, "run_dir": run_dir, "out": out, "arrays": arrays, "stdout": proc.stdout}
+
+
+def test_portable_paths_keeps_no_absolute_path(tmp_path):
+    base = str(tmp_path)
+    meta = {
+        "a": os.path.join(base, "runs", "x"),
+        "b": ["/elsewhere/data/raw.csv", "rel/path", 3],
+        "c": "text",
+    }
+    assert export_lib.portable_paths(meta, base) == {
+        "a": os.path.join("runs", "x"),
+        "b": ["raw.csv", "rel/path", 3],
+        "c": "text",
+    }
 
 
 def test_export_directory_follows_the_contract(exported):
@@ -128,7 +142,10 @@ def test_export_directory_follows_the_contract(exported):
     assert (meta["input_size"], meta["channels"]) == (SIZE, 1)
     assert meta["preprocessing"]["function"] == "fer_tf.data.preprocess_for_eval"
     assert meta["source_dataset"]["source"] == {"format": "synthetic-test"}
-    assert meta["model"] == {"name": "brightness", "params": 9 + 1 * 7 + 7, "run_dir": exported["run_dir"]}
+    # The run lives outside the working directory: only its name is kept, no path of this machine.
+    run_name = os.path.basename(exported["run_dir"])
+    assert meta["model"] == {"name": "brightness", "params": 9 + 1 * 7 + 7, "run_dir": run_name}
+    assert exported["root"] not in json.dumps(meta)
     assert meta["flags"] == {
         "model": "brightness",
         "batch_size": "8",
@@ -260,3 +277,42 @@ def test_export_cli_errors(tmp_path):
     proc = run_script("export.py", f"--run={tmp_path / 'missing'}", f"--output={tmp_path / 'out'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not found" in proc.stderr
+    proc = run_script("export.py", f"--run={tmp_path}", "--logit_adjust_tau=strong")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --logit_adjust_tau=strong: expected a number or 'auto'"
+
+
+def test_choose_tau_balances_accuracy_and_balanced_accuracy():
+    rows = [
+        {"tau": 0.0, "accuracy": 0.70, "balanced_accuracy": 0.60},
+        {"tau": 0.5, "accuracy": 0.69, "balanced_accuracy": 0.66},
+        {"tau": 1.0, "accuracy": 0.66, "balanced_accuracy": 0.67},  # best balanced, worse mean
+        {"tau": 1.5, "accuracy": 0.68, "balanced_accuracy": 0.67},  # same mean as 0.5: the smaller wins
+    ]
+    assert export_lib.choose_logit_adjust_tau(rows) == 0.5
+
+
+def test_auto_tau_sweeps_the_val_split_and_is_recorded(tmp_path):
+    run_dir, arrays = make_run(str(tmp_path))
+    # A long-tailed training prior: large tau pushes the angry images (centre 1/14) to disgust.
+    with open(os.path.join(run_dir, "run_info.json")) as f:
+        run_info = json.load(f)
+    run_info["train_class_counts"] = {name: 10 for name in CLASSES} | {"angry": 1000}
+    with open(os.path.join(run_dir, "run_info.json"), "w") as f:
+        json.dump(run_info, f)
+    rows = export_lib.sweep_logit_adjust_tau(run_dir, tta_flip=True, taus=(0.0, 1.0, 2.0))
+    x_val, y_val = arrays["val"]
+    expected = np.mean(brightness_model().predict(x_val / 255.0, verbose=0).argmax(-1) == y_val)
+    assert [r["tau"] for r in rows] == [0.0, 1.0, 2.0]
+    assert rows[0]["accuracy"] == pytest.approx(expected) and rows[0]["accuracy"] > 0.9
+    assert rows[2]["accuracy"] < rows[0]["accuracy"] and rows[2]["min_recall"] == 0.0
+    out = str(tmp_path / "export")
+    proc = run_script("export.py", f"--run={run_dir}", f"--output={out}", "--logit_adjust_tau=auto",
+                      "--noint8", "--tta_flip")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "<- chosen" in proc.stdout
+    with open(os.path.join(out, "metadata.json")) as f:
+        meta = json.load(f)
+    sweep = meta["export_options"]["logit_adjust_sweep"]
+    assert [r["tau"] for r in sweep] == list(export_lib.TAU_GRID)
+    assert meta["export_options"]["logit_adjust_tau"] == export_lib.choose_logit_adjust_tau(sweep) == 0.0

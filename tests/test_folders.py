@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import decode_all, write_image
 
 from data_tools import folders, images, writer
 from data_tools.splits import assign_splits
@@ -21,27 +22,8 @@ FER2013_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
                            "fer2013_train_publictest.csv.gz")  # fmt: skip
 
 
-def write_image(path, image, ext=None):
-    """Writes with imencode + tofile, so non-ASCII paths work as they do for users."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ok, data = cv2.imencode(ext or os.path.splitext(path)[1], image)
-    assert ok
-    data.tofile(path)
-
-
 def gray(value, height=60, width=60):
     return np.full((height, width), value, np.uint8)
-
-
-def decode_all(source):
-    """Decodes every item: {image_id: Record or skip reason}."""
-    out = {}
-    for item in source.items:
-        try:
-            out[item.image_id] = source.decode(item)
-        except Skip as e:
-            out[item.image_id] = e.reason
-    return out
 
 
 @pytest.fixture

@@ -5,35 +5,17 @@ from __future__ import annotations
 import collections
 import os
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import decode_all, write_image
 
 from data_tools import layouts, writer
-from data_tools.writer import Skip
 from fer_tf import schema
-
-
-def write_image(path, image):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    ok, data = cv2.imencode(os.path.splitext(path)[1], image)
-    assert ok
-    data.tofile(path)
 
 
 def gray(value, size=20):
     return np.full((size, size), value, np.uint8)
-
-
-def decode_all(source):
-    out = {}
-    for item in source.items:
-        try:
-            out[item.image_id] = source.decode(item)
-        except Skip as e:
-            out[item.image_id] = e.reason
-    return out
 
 
 # ---------------------------------------------------------------- RAF-DB

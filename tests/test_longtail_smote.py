@@ -6,9 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import write_records
 
 from data_tools import derive, longtail, smote
-from data_tools.writer import Record, write_shards
+from data_tools.writer import Record
 from fer_tf import schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,31 +25,15 @@ def _class_images(label, n, rng):
 
 def _write_dataset(root, counts_by_split, seed=0):
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for split, counts in counts_by_split.items():
-        records = [
+    records = {
+        split: [
             Record(split=split, image_id=f"{split}/{k}/{i}", image=image, label=k)
             for k, n in enumerate(counts)
             for i, image in enumerate(_class_images(k, n, rng))
         ]
-        written = write_shards(records, str(root), split, 2, "raw")
-        entries[split] = {
-            "num_examples": len(records),
-            "class_counts": {name: written.get(k, 0) for k, name in enumerate(CLASSES)},
-            "num_shards": 2,
-            "num_synthetic": 0,
-        }
-    info = schema.make_dataset_info(
-        class_names=CLASSES,
-        image_shape=[12, 12, 1],
-        encoding="raw",
-        splits=entries,
-        source={"format": "test"},
-        skipped={"bad_pixels": 1},
-    )
-    schema.write_dataset_info(str(root), info)
-    return str(root)
+        for split, counts in counts_by_split.items()
+    }
+    return write_records(root, records, CLASSES, num_shards=2, skipped={"bad_pixels": 1})
 
 
 @pytest.fixture(scope="module")

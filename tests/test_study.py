@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_records
 
 from fer_tf import schema, scoring, study, study_report
 
@@ -123,30 +123,18 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
 
 
 def _write_soft_dataset(data_dir, images, votes):
-    """A FER+-like dataset: 8 classes (with contempt), vote counts as soft labels, one test shard."""
-    import tensorflow as tf
+    """A FER+-like dataset: 8 classes (with contempt), vote counts as soft labels, one shard a split."""
+    from data_tools.writer import Record
 
-    names = list(schema.FERPLUS_CLASSES)
     labels = votes.argmax(axis=1)
-    os.makedirs(data_dir)
-    splits = {}
-    for split in ("train", "val", "test"):
-        with tf.io.TFRecordWriter(os.path.join(data_dir, schema.shard_name(split, 0, 1))) as writer:
-            for i, (image, label, vote) in enumerate(zip(images, labels, votes, strict=True)):
-                example = schema.make_example(image, int(label), f"{split}/{i}", soft_label=vote.tolist())
-                writer.write(example.SerializeToString())
-        counts = {name: int((labels == k).sum()) for k, name in enumerate(names)}
-        splits[split] = {"num_examples": len(labels), "class_counts": counts, "num_shards": 1}
-    info = schema.make_dataset_info(
-        class_names=names,
-        image_shape=[48, 48, 1],
-        encoding="raw",
-        splits=splits,
-        source={"format": "test"},
-        skipped={},
-        has_soft_labels=True,
-    )
-    schema.write_dataset_info(str(data_dir), info)
+    records = {
+        split: [
+            Record(split, f"{split}/{i}", image, int(label), soft_label=tuple(vote.tolist()))
+            for i, (image, label, vote) in enumerate(zip(images, labels, votes, strict=True))
+        ]
+        for split in ("train", "val", "test")
+    }
+    write_records(data_dir, records, schema.FERPLUS_CLASSES)
 
 
 def test_seven_class_run_on_an_eight_class_soft_label_dataset(finished_study, synthetic_data_dir, tmp_path):

@@ -87,6 +87,9 @@ def test_run_directory_follows_the_contract(finished_run, synthetic_data_dir):
     assert run_info["class_names"] == info["class_names"]
     assert run_info["train_class_counts"] == info["splits"]["train"]["class_counts"]
     assert _history_epochs(run) == [0, 1, 2]
+    cost = json.loads((run / "cost.json").read_text())
+    assert cost["epochs_done"] == 3 and cost["sittings"] == 1
+    assert 0 < cost["wall_seconds"] and 0 < cost["cpu_seconds"]
     # Keras files val_* scalars under logs/validation without the prefix.
     assert {"epoch_balanced_accuracy", "epoch_macro_f1", "epoch_recall_disgust"} <= _event_tags(
         run / "logs" / "validation"
@@ -311,7 +314,12 @@ def test_killed_run_resumes_at_the_right_epoch(synthetic_data_dir, tmp_path):
     killed_at = len(_history_epochs(run))
     assert 2 <= killed_at < 4, "the run should be killed mid-way"
     assert (run / "backup").exists() and not (run / "metrics.json").exists()
+    first = json.loads((run / "cost.json").read_text())
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=900)
+    # The second sitting adds its time to the first's.
+    cost = json.loads((run / "cost.json").read_text())
+    assert (cost["sittings"], cost["epochs_done"]) == (2, 4)
+    assert cost["wall_seconds"] > first["wall_seconds"] and cost["cpu_seconds"] > first["cpu_seconds"]
     # A restart from scratch would log epochs 0.. again; a resume logs each epoch once.
     assert _history_epochs(run) == [0, 1, 2, 3]
     assert (run / "metrics.json").exists() and not (run / "backup").exists()

@@ -18,10 +18,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import write_records
 from PIL import Image
 
 from data_tools import dedup
-from data_tools.writer import Record, write_shards
+from data_tools.writer import Record
 from fer_tf import schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,45 +179,34 @@ def test_duplicate_report_counts():
     assert "| val | 34 | 3 | 2 | 4 | 2 |" in markdown and "| exact | 6 | 13 | 7 | 4 | 3 |" in markdown
 
 
-def _write(root, planted, val_labels=None):
-    root.mkdir(parents=True)
-    entries = {}
-    for split, (images, labels, ids) in planted.items():
-        records = [
+def _write(root, planted):
+    records = {
+        split: [
             Record(split=split, image_id=str(i), image=im, label=int(k))
             for im, k, i in zip(images, labels, ids, strict=True)
         ]
-        written = write_shards(records, str(root), split, 2 if split == "train" else 1, "raw")
-        entries[split] = {
-            "num_examples": len(records),
-            "num_shards": 2 if split == "train" else 1,
-            "num_synthetic": 0,
-            "class_counts": {n: written.get(k, 0) for k, n in enumerate(CLASSES)},
-        }
-    info = schema.make_dataset_info(
-        class_names=CLASSES,
-        image_shape=[48, 48, 1],
-        encoding="raw",
-        splits=entries,
-        source={"format": "planted"},
-        skipped={},
+        for split, (images, labels, ids) in planted.items()
+    }
+    num_shards = {split: 2 if split == "train" else 1 for split in planted}
+    return write_records(root, records, CLASSES, num_shards, source={"format": "planted"})
+
+
+def _validate_cli(data, timeout):
+    return subprocess.run(
+        [sys.executable, "-m", "data_tools.validate", f"--data={data}"],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    schema.write_dataset_info(str(root), info)
-    return str(root)
 
 
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory):
     """One CLI run (TFDV included) shared by the assertions below: Beam/TFDV start-up is slow."""
     data = _write(tmp_path_factory.mktemp("v") / "data", _planted())
-    done = subprocess.run(
-        [sys.executable, "-m", "data_tools.validate", f"--data={data}"],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _validate_cli(data, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = os.path.join(data, "validation")
     with open(os.path.join(out, "summary.json")) as f:
@@ -278,13 +268,6 @@ def test_validate_plots(validated):
 
 
 def test_validate_cli_missing_data(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "data_tools.validate", f"--data={tmp_path / 'missing'}"],
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _validate_cli(tmp_path / "missing", timeout=300)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "missing" in done.stderr.strip().splitlines()[-1]
