@@ -366,10 +366,17 @@ def choose_logit_adjust_tau(rows: Sequence[Mapping[str, float]]) -> float:
 
 
 def _replace_dir(staging: str, output_dir: str) -> None:
-    """Moves `staging` to `output_dir`, replacing a previous export only at the very end."""
+    """Moves `staging` to `output_dir`, replacing a previous export only at the very end.
+
+    Markdown files of the previous export (a model card) are carried over.
+    """
     if not os.path.exists(output_dir):
         os.rename(staging, output_dir)
         return
+    # Hand-written documents (MODEL_CARD.md) belong to the model, not to one export of it.
+    for name in os.listdir(output_dir):
+        if name.endswith(".md") and not os.path.exists(os.path.join(staging, name)):
+            shutil.copy2(os.path.join(output_dir, name), os.path.join(staging, name))
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(staging))
     os.rename(output_dir, os.path.join(old, "export"))
     os.rename(staging, output_dir)

@@ -316,3 +316,14 @@ def test_auto_tau_sweeps_the_val_split_and_is_recorded(tmp_path):
     sweep = meta["export_options"]["logit_adjust_sweep"]
     assert [r["tau"] for r in sweep] == list(export_lib.TAU_GRID)
     assert meta["export_options"]["logit_adjust_tau"] == export_lib.choose_logit_adjust_tau(sweep) == 0.0
+
+
+def test_re_export_keeps_the_model_card(tmp_path):
+    run_dir, _ = make_run(str(tmp_path))
+    out = tmp_path / "export"
+    export_lib.export_run(run_dir, str(out), int8=False)
+    (out / "MODEL_CARD.md").write_text("# card\n")
+    first = (out / "metadata.json").read_text()
+    export_lib.export_run(run_dir, str(out), int8=False, logit_adjust_tau=0.5)
+    assert (out / "MODEL_CARD.md").read_text() == "# card\n"
+    assert (out / "metadata.json").read_text() != first  # the export itself was replaced
