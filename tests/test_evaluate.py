@@ -8,13 +8,12 @@ against a direct computation with `predict.load_exported`.
 import gzip
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from test_export import CLASSES, ROOT, SPLIT_SIZES, class_images, make_run
+from conftest import run_scripts_in_parallel
+from test_export import CLASSES, SPLIT_SIZES, class_images, make_run
 
 from fer_tf import export_lib, predict
 from fer_tf.metrics import classification_report
@@ -90,14 +89,7 @@ def setup(tmp_path_factory):
         "tfrecord": [f"--model={export}", f"--data={root}/data", "--tta=flip", f"--output_dir={root}/eval"],
         "missing": [f"--model={export}", f"--data={root}/nothing.csv"],
     }
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    procs = {
-        name: subprocess.Popen([sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for name, args in commands.items()
-    }  # fmt: skip
-    outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
-    results = {name: (procs[name].returncode, *out) for name, out in outputs.items()}
+    results = run_scripts_in_parallel("evaluate.py", commands)
     return {"root": root, "export": export, "arrays": arrays, "mixed": mixed, "private": private,
             "folder": folder, "results": results}  # fmt: skip
 

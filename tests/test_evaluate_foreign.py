@@ -11,11 +11,10 @@ pays TensorFlow's start-up; in parallel they share it).
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_scripts_in_parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 48
@@ -89,17 +88,7 @@ def runs(tmp_path_factory):
     for i, bad in enumerate(["1,-1", "-1", "a,b", "0,nan"]):
         commands[f"range{i}"] = [float_model, data, "--labels=angry,disgust,fear", f"--input_range={bad}"]
     commands["one_label"] = [float_model, data, "--labels=angry"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    procs = {
-        name: subprocess.Popen([sys.executable, "evaluate.py", *args], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for name, args in commands.items()
-    }  # fmt: skip
-    outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
-    return {
-        "models": models,
-        "results": {name: (procs[name].returncode, *out) for name, out in outputs.items()},
-    }
+    return {"models": models, "results": run_scripts_in_parallel("evaluate.py", commands)}
 
 
 def parsed(runs, name):
