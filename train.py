@@ -17,6 +17,7 @@ from fer_tf import cli
 
 F = flags.FLAGS
 RAW_FORMATS = ["fer2013", "ferplus", "folder", "rafdb", "expw", "sfew", "ckplus"]
+RECIPE_FLAGS: list[str] = []  # filled by define_recipe_flags, in definition order
 LOSSES = [
     "crossentropy",
     "focal",
@@ -33,6 +34,7 @@ def define_recipe_flags(epochs: int = 30) -> None:
     Args:
       epochs: the default of --epochs (study.py's cells default to fewer).
     """
+    before = set(F)
     flags.DEFINE_string("model", "fernet", "Registered model name (fer_tf.models.MODELS).")
     flags.DEFINE_float("width", None, "Model width multiplier, if the model has one.")
     flags.DEFINE_float("dropout", None, "Model dropout rate, if the model has one.")
@@ -82,6 +84,7 @@ def define_recipe_flags(epochs: int = 30) -> None:
     flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
     flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker"], "tf.distribute strategy.")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: one line per epoch).")
+    RECIPE_FLAGS[:] = [name for name in F if name not in before]
 
 
 def define_flags() -> None:
@@ -107,50 +110,25 @@ def _number_or_text(value: str):
         return value
 
 
+# Recipe flags whose TrainConfig field has another name, and flags that become tuples.
+FIELD_NAMES = {"augment": "augmentations", "mixup": "mixup_alpha", "cutmix": "cutmix_alpha",
+               "lr": "learning_rate", "early_stopping": "early_stopping_patience"}  # fmt: skip
+TUPLES = {"augment": str, "focal_alpha": float}
+MODEL_FLAGS = ("model_kw", "width", "dropout")
+
+
 def recipe_from_flags() -> dict[str, Any]:
     """TrainConfig fields from the recipe flags: all but run_dir, data_dir, crt_from and seed."""
     model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
     for item in F.model_kw:
         key, _, value = item.partition("=")
         model_kwargs[key] = _number_or_text(value)
-    return dict(
-        model=F.model,
-        model_kwargs=model_kwargs,
-        image_size=F.image_size,
-        channels=F.channels,
-        init_weights=F.init_weights,
-        batch_size=F.batch_size,
-        epochs=F.epochs,
-        steps_per_epoch=F.steps_per_epoch,
-        sampling=F.sampling,
-        progressive_epochs=F.progressive_epochs,
-        augmentations=tuple(F.augment),
-        aug_strength=F.aug_strength,
-        mixup_alpha=F.mixup,
-        cutmix_alpha=F.cutmix,
-        soft_labels=F.soft_labels,
-        loss=F.loss,
-        label_smoothing=F.label_smoothing,
-        focal_gamma=F.focal_gamma,
-        focal_alpha=tuple(float(a) for a in F.focal_alpha),
-        cb_beta=F.cb_beta,
-        la_tau=F.la_tau,
-        class_weight=F.class_weight,
-        optimizer=F.optimizer,
-        learning_rate=F.lr,
-        weight_decay=F.weight_decay,
-        momentum=F.momentum,
-        schedule=F.schedule,
-        warmup_epochs=F.warmup_epochs,
-        clipnorm=F.clipnorm,
-        monitor=F.monitor,
-        early_stopping_patience=F.early_stopping,
-        deterministic=F.deterministic,
-        mixed_precision=F.mixed_precision,
-        jit_compile=F.jit_compile,
-        strategy=F.strategy,
-        verbose=F.verbose,
-    )
+    recipe = {"model_kwargs": model_kwargs}
+    for name in RECIPE_FLAGS:
+        if name not in MODEL_FLAGS:
+            value = F[name].value
+            recipe[FIELD_NAMES.get(name, name)] = tuple(map(TUPLES[name], value)) if name in TUPLES else value
+    return recipe
 
 
 def prepare_data() -> None:

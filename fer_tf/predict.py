@@ -120,3 +120,24 @@ def load_exported(
     if names is None:
         raise FileNotFoundError(f"no {LABELS_FILE} or {METADATA_FILE} found for {path}")
     return SavedModelPredictor(path, names)
+
+
+def predict_all(predictor, images: np.ndarray, batch_size: int = 256, tta: str = "none") -> np.ndarray:
+    """Probabilities `[N, K]` of a predictor over `images` in batches.
+
+    Args:
+      predictor: a callable uint8 `[N, H, W, C]` -> `[N, K]`, e.g. from `load_exported`.
+      images: uint8 `[N, H, W, C]`.
+      batch_size: images per predictor call.
+      tta: "flip" averages each prediction with the mirrored image's; "none" does not.
+    """
+    if tta not in ("none", "flip"):
+        raise ValueError(f"unknown tta {tta!r}; expected none or flip")
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size]
+        probs = predictor(batch)
+        if tta == "flip":
+            probs = 0.5 * (probs + predictor(np.ascontiguousarray(batch[:, :, ::-1])))
+        out.append(probs)
+    return np.concatenate(out)

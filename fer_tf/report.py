@@ -235,6 +235,28 @@ def plot_image_grid(
     return _save(fig, path)
 
 
+def plot_misclassified(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    path: str,
+    limit: int = 32,
+) -> str:
+    """The `limit` most confident mistakes, titled `true>predicted p`, in a grid.
+
+    The most confident mistakes come first: they show label noise and
+    systematic confusions.
+    """
+    y_pred = probabilities.argmax(-1)
+    wrong = np.flatnonzero(y_true != y_pred)
+    wrong = wrong[np.argsort(-probabilities[wrong, y_pred[wrong]], kind="stable")][:limit]
+    titles = [
+        f"{class_names[y_true[i]]}>{class_names[y_pred[i]]} {probabilities[i, y_pred[i]]:.2f}" for i in wrong
+    ]
+    return plot_image_grid(images[wrong], titles, path)
+
+
 def plot_sample_grid(
     images: np.ndarray,
     labels: Sequence[int] | np.ndarray,

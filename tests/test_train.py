@@ -235,6 +235,32 @@ def test_flagfile_names_resolve_to_configs(tmp_path):
     assert exit_info.value.code == 2
 
 
+PARSE_FLAGFILE = """
+import sys
+from absl import flags
+sys.path.insert(0, {repo!r})
+script = {script!r}
+if script == "train":
+    import train
+    train.define_flags()
+else:
+    import study  # defines its flags on import
+flags.FLAGS(["x", "--flagfile={path}"])
+print("parsed", flags.FLAGS["epochs"].value)
+"""
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.flags")))
+def test_every_shipped_flagfile_parses_for_its_script(config):
+    """A renamed or misspelt flag in configs/ fails here, not hours into someone's run."""
+    path = REPO / "configs" / config
+    script = "study" if "--study_dir=" in path.read_text() else "train"
+    code = PARSE_FLAGFILE.format(repo=str(REPO), script=script, path=path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("parsed ")
+
+
 def _train_cmd(*args):
     return [sys.executable, str(REPO / "train.py"), *args]
 

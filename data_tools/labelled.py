@@ -1,0 +1,156 @@
+"""Labelled images as arrays, for scoring a model: a FER2013 CSV, an image folder or TFRecords.
+
+`load_labelled(data, split, image_size, channels)` returns uint8 images
+`[N, S, S, C]` and their class names; `match_classes` maps the names onto a
+model's classes. evaluate.py is the user of both. Bad rows and unreadable images
+are counted skips, reported through `log`; a source that yields nothing usable
+raises `ValueError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from data_tools import fer2013, folders
+from data_tools.images import read_image
+from data_tools.writer import ConversionError, Skip
+
+# Split names users type (FER2013 Usage values too) -> the dataset split names.
+SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "publictest": "val",
+          "test": "test", "privatetest": "test"}  # fmt: skip
+Log = Callable[[str], object]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def split_name(split: str) -> str:
+    """A typed split (`PublicTest`, `val`, ...) as a dataset split name; unknown names lowercased."""
+    return SPLITS.get(split.lower(), split.lower())
+
+
+def read_csv(path: str, split: str | None, log: Log = _stderr) -> tuple[np.ndarray, list[str]]:
+    """FER2013 rows (every Usage value unless `split`) -> uint8 [N,48,48,1] and class names."""
+    from fer_tf.schema import FERPLUS_CLASSES
+
+    try:
+        header, rows = fer2013.read_csv(path, progress=False)
+    except ConversionError as err:
+        raise ValueError(str(err)) from None
+    if not {"emotion", "pixels"} <= set(header):
+        raise ValueError(f"{path}: expected FER2013 columns emotion,pixels[,Usage], got {','.join(header)}")
+    emotion, pixels = header.index("emotion"), header.index("pixels")
+    usage = header.index("usage") if "usage" in header else None
+    if split:
+        # Any Usage value is accepted: the FER2013 names map to splits, others match as written.
+        rows = [r for r in rows if usage is not None and usage < len(r) and
+                fer2013.USAGE_SPLITS.get(r[usage].strip().lower(), r[usage].strip().lower()) == split_name(split)]  # fmt: skip
+        if not rows:
+            raise ValueError(f"no rows with Usage {split!r} in {path}")
+    images, names, skipped = [], [], collections.Counter()
+    for i, row in enumerate(rows):
+        code = row[emotion].strip() if len(row) > max(emotion, pixels) else ""
+        if not code.isdigit() or int(code) >= len(FERPLUS_CLASSES):
+            skipped["bad_label"] += 1
+            continue
+        try:
+            images.append(fer2013.parse_pixels(row[pixels], f"row {i}"))
+        except Skip as err:
+            skipped[err.reason] += 1
+            continue
+        names.append(FERPLUS_CLASSES[int(code)])
+    if skipped:
+        log(f"skipped {sum(skipped.values())} malformed rows of {path}: {dict(skipped)}")
+    return np.stack(images) if images else np.zeros((0, 48, 48, 1), np.uint8), names
+
+
+def read_tfrecords(
+    data_dir: str, split: str | None, image_size: int, channels: int
+) -> tuple[np.ndarray, list[str]]:
+    """A converted dataset's split (default val, else test) -> uint8 model-size images, class names."""
+    from fer_tf import data, schema
+
+    info = schema.read_dataset_info(data_dir)
+    available = [s for s in schema.SPLITS if info["splits"].get(s, {}).get("num_examples")]
+    default = next((s for s in ("val", "test") if s in available), None)
+    name = SPLITS.get(split.lower(), split) if split else default
+    if name not in available:
+        raise ValueError(f"{data_dir} has no split {split or 'val/test'} (has: {', '.join(available)})")
+    images, labels = data.eval_arrays(data_dir, info, name, image_size=image_size, channels=channels)
+    return images, [info["class_names"][k] for k in labels]
+
+
+def read_folder(
+    root: str, split: str | None, image_size: int, channels: int, log: Log = _stderr
+) -> tuple[np.ndarray, list[str]]:
+    """Images under class folders -> uint8 [N,S,S,C] resized by the serving preprocessing."""
+    from fer_tf.predict import to_model_input
+
+    entries, _, layout = folders.scan_folders(root)
+    if split:
+        if layout["layout"] != "split_folders":
+            raise ValueError(f"{root} has no split folders; leave out --split")
+        entries = [e for e in entries if e.split == SPLITS.get(split.lower(), split)]
+    images, names, skipped = [], [], collections.Counter()
+    for entry in entries:
+        try:
+            rgb = read_image(entry.paths[0])[..., ::-1]
+        except Skip as err:
+            skipped[err.reason] += 1
+            continue
+        images.append(to_model_input(rgb[np.newaxis], image_size, channels)[0])
+        names.append(entry.class_name)
+    if skipped:
+        log(f"skipped images of {root}: {dict(skipped)}")
+    shape = (0, image_size, image_size, channels)
+    return np.stack(images) if images else np.zeros(shape, np.uint8), names
+
+
+def load_labelled(
+    data: str, split: str | None, image_size: int, channels: int, log: Log = _stderr
+) -> tuple[np.ndarray, list[str]]:
+    """Any supported source -> (uint8 images, class names); raises ValueError if nothing is labelled.
+
+    Args:
+      data: a FER2013-style CSV(.gz) file, a converted TFRecord directory (with
+        dataset_info.json) or an image folder.
+      split: a split or FER2013 Usage name; None: every CSV row and folder image,
+        the val (else test) split of TFRecords.
+      image_size, channels: the model input the folder and TFRecord images are
+        resized to (CSV rows stay 48x48x1, as stored).
+      log: receives the counted skips.
+    """
+    if os.path.isfile(data):
+        images, names = read_csv(data, split, log)
+    elif os.path.exists(os.path.join(data, "dataset_info.json")):
+        images, names = read_tfrecords(data, split, image_size, channels)
+    else:
+        images, names = read_folder(data, split, image_size, channels, log)
+    if not names:
+        raise ValueError(f"no labelled images in {data}")
+    return images, names
+
+
+def match_classes(
+    images: np.ndarray, names: list[str], class_names: list[str], log: Log = _stderr
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Maps data class names onto a model's classes; drops (and reports) the others.
+
+    Returns:
+      (images of known classes, labels int64 in the model's class order, {excluded class: count}).
+    """
+    index = {name: k for k, name in enumerate(class_names)}
+    known = np.array([name in index for name in names], dtype=bool)
+    excluded = dict(sorted(collections.Counter(n for n in names if n not in index).items()))
+    if excluded:
+        log(f"excluded {sum(excluded.values())} rows of classes the model lacks: {excluded}")
+    if not known.any():
+        raise ValueError(f"no image has a class of the model ({', '.join(class_names)})")
+    labels = np.array([index[name] for name in names if name in index], dtype=np.int64)
+    return images[known], labels, excluded
