@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from fer_tf import augment, data, losses, metrics, model_tools, models, report, schema
 from fer_tf import callbacks as cb
+from fer_tf.optim import make_optimizer
 
 BEST_CHECKPOINT = os.path.join("checkpoints", "best.keras")
 
@@ -93,20 +94,10 @@ def train(config: TrainConfig, flags_text: str = "") -> dict[str, Any]:
     os.makedirs(config.run_dir, exist_ok=True)
     with open(os.path.join(config.run_dir, "flags.txt"), "w") as f:
         f.write(flags_text or json.dumps(dataclasses.asdict(config), indent=2, default=list))
-    metrics_path = os.path.join(config.run_dir, "metrics.json")
-    if os.path.exists(metrics_path) and os.path.exists(os.path.join(config.run_dir, "model.keras")):
-        print(f"{config.run_dir} is finished; delete metrics.json to train again.")
-        with open(metrics_path) as f:
-            return json.load(f)
-
-    # --- setup
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
-    strategy = make_strategy(config.strategy)
+    finished = _finished_metrics(config.run_dir)
+    if finished is not None:
+        return finished
+    strategy = _set_up_runtime(config)
     info = schema.read_dataset_info(config.data_dir)
     class_names = info["class_names"]
 
@@ -155,6 +146,27 @@ def train(config: TrainConfig, flags_text: str = "") -> dict[str, Any]:
 
     # --- save
     return _finish(config, model, val_ds, class_names)
+
+
+def _finished_metrics(run_dir: str) -> dict[str, Any] | None:
+    """The metrics of a finished run (metrics.json and model.keras both written), else None."""
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if not (os.path.exists(metrics_path) and os.path.exists(os.path.join(run_dir, "model.keras"))):
+        return None
+    print(f"{run_dir} is finished; delete metrics.json to train again.")
+    with open(metrics_path) as f:
+        return json.load(f)
+
+
+def _set_up_runtime(config: TrainConfig) -> tf.distribute.Strategy:
+    """Seeds, determinism, precision policy and GPU memory growth; returns the strategy."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return make_strategy(config.strategy)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -270,67 +282,6 @@ def make_loss(config: TrainConfig, info: Mapping[str, Any]) -> keras.losses.Loss
     if kwargs is None or config.loss not in losses.LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; expected one of {sorted(losses.LOSSES)}")
     return losses.LOSSES[config.loss](**kwargs)
-
-
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW or SGD-momentum with the configured schedule, warmup and clipping."""
-    schedule = make_schedule(config, steps_per_epoch)
-    clip = {"clipnorm": config.clipnorm} if config.clipnorm > 0 else {}
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, **clip)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            schedule, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay, **clip
-        )
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; expected adamw or sgd")
-
-
-def make_schedule(config: TrainConfig, steps_per_epoch: int):
-    """Learning-rate schedule: cosine (with linear warmup), onecycle, step or constant."""
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-    lr = config.learning_rate
-    if config.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(
-            lr / 10 if warmup else lr,
-            decay_steps=total - warmup,
-            alpha=0.01,
-            warmup_target=lr if warmup else None,
-            warmup_steps=warmup,
-        )
-    if config.schedule == "onecycle":
-        return OneCycle(lr, total_steps=total, warmup_fraction=max(warmup / total, 0.1))
-    if config.schedule == "step":
-        bounds = [int(total * f) for f in (0.5, 0.75)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr, lr / 10, lr / 100])
-    if config.schedule == "constant":
-        return lr
-    raise ValueError(f"unknown schedule {config.schedule!r}; expected cosine, onecycle, step, constant")
-
-
-@keras.saving.register_keras_serializable(package="fer_tf")
-class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """One-cycle policy (Smith 2018): cosine up to `max_lr`, then cosine down to ~0."""
-
-    def __init__(self, max_lr: float, total_steps: int, warmup_fraction: float = 0.3):
-        self.max_lr = max_lr
-        self.total_steps = total_steps
-        self.warmup_fraction = warmup_fraction
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        up = tf.maximum(self.total_steps * self.warmup_fraction, 1.0)
-        down = tf.maximum(self.total_steps - up, 1.0)
-        rising = self.max_lr * (0.04 + 0.96 * (1 - tf.cos(np.pi * tf.minimum(step / up, 1.0))) / 2)
-        falling = self.max_lr * (1 + tf.cos(np.pi * tf.minimum((step - up) / down, 1.0))) / 2
-        return tf.where(step < up, rising, tf.maximum(falling, self.max_lr * 1e-4))
-
-    def get_config(self):
-        return {
-            "max_lr": self.max_lr,
-            "total_steps": self.total_steps,
-            "warmup_fraction": self.warmup_fraction,
-        }
 
 
 def _callbacks(config, class_names, val_ds, epoch_var, steps):

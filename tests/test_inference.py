@@ -74,6 +74,8 @@ def build_tiny_export(out_dir: Path, size: int = 48) -> Path:
     import keras
     import tensorflow as tf
 
+    from fer_tf import export_lib
+
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
         keras.Input((size, size, 1)),
@@ -99,14 +101,9 @@ def build_tiny_export(out_dir: Path, size: int = 48) -> Path:
     archive.write_out(saved, verbose=False)
     representative = np.random.default_rng(0).integers(0, 256, (16, size, size, 1), np.uint8)
     for variant in ("float32", "int8"):
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["lite"])
-        if variant == "int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
-            converter.representative_dataset = lambda: ({"images": r[None]} for r in representative)
-        (out_dir / f"model_{variant}.tflite").write_bytes(converter.convert())
+        (out_dir / f"model_{variant}.tflite").write_bytes(
+            export_lib.convert_tflite(saved, variant, representative)
+        )
     (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in CLASSES))
     (out_dir / "metadata.json").write_text(
         json.dumps({"class_names": CLASSES, "input_size": size, "channels": 1})

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import callbacks, cli, schema, train_lib
+from fer_tf import callbacks, cli, optim, schema, train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_nan_loss_stops_and_names_the_step():
 def test_schedules_warm_up_and_decay():
     config = train_lib.TrainConfig(run_dir="", data_dir="", epochs=10, learning_rate=0.1, warmup_epochs=1)
     for name in ("cosine", "onecycle"):
-        schedule = train_lib.make_schedule(dataclasses.replace(config, schedule=name), steps_per_epoch=10)
+        schedule = optim.make_schedule(dataclasses.replace(config, schedule=name), steps_per_epoch=10)
         lrs = np.array([float(schedule(step)) for step in range(100)])
         peak = int(np.argmax(lrs))
         assert 0 < peak < 40 and lrs[peak] == pytest.approx(0.1, rel=0.05), name
