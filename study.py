@@ -24,6 +24,7 @@ flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when
 flags.DEFINE_boolean("cross_dataset", False, "Also score each method's models on every dataset.")
 flags.DEFINE_string("raw_data", None, "Raw source converted into the first dataset when it is missing.")
 flags.DEFINE_enum("raw_format", "fer2013", train.RAW_FORMATS, "Format of --raw_data.")
+flags.DEFINE_boolean("report_only", False, "Train nothing: tables and plots of the cells finished so far.")
 flags.DEFINE_string("smote_targets", "balance", "SMOTE targets of the smote method (data_tools.smote).")
 # The base recipe every cell shares: train.py's recipe flags, recorded in flags.txt as this script's own.
 train.define_recipe_flags(epochs=10)
@@ -90,13 +91,14 @@ def main(argv):
         F.study_dir, base, tuple(F.methods), datasets, tuple(range(F.seeds)), F.eval_split
     )
     os.makedirs(F.study_dir, exist_ok=True)
-    with open(os.path.join(F.study_dir, "flags.txt"), "w") as f:
-        own = F.get_key_flags_for_module(sys.modules[__name__])
-        f.write("".join(flag.serialize() + "\n" for flag in own if flag.serialize()))
+    if not F.report_only:
+        with open(os.path.join(F.study_dir, "flags.txt"), "w") as f:
+            own = F.get_key_flags_for_module(sys.modules[__name__])
+            f.write("".join(flag.serialize() + "\n" for flag in own if flag.serialize()))
     tf.get_logger().setLevel("ERROR")
     try:
-        fer_study.run_study(study, variants={"smote": make_smote})
-        if F.cross_dataset:
+        fer_study.run_study(study, variants={"smote": make_smote}, report_only=F.report_only)
+        if F.cross_dataset and not F.report_only:
             fer_study.study_cross_dataset(study, study.methods)
     except callbacks.NanLossError as e:
         cli.fail(str(e), code=1)

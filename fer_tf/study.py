@@ -130,7 +130,10 @@ def expand_methods(names: Sequence[str]) -> list[str]:
 
 
 def run_study(
-    study: Study, variants: Mapping[str, VariantBuilder] | None = None, log: Callable[[str], Any] = print
+    study: Study,
+    variants: Mapping[str, VariantBuilder] | None = None,
+    log: Callable[[str], Any] = print,
+    report_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) every cell, then writes results.csv, summary.md and plots.
 
@@ -140,6 +143,8 @@ def run_study(
         methods with a derived training set; it is written once per dataset
         to `<study_dir>/data/<dataset>_<variant>`.
       log: progress messages.
+      report_only: train nothing: write the outputs from the cells scored so
+        far (between sittings of a long study); summary.md counts the others.
 
     Returns:
       One record per cell: dataset, method, seed, split, train_seconds,
@@ -154,7 +159,7 @@ def run_study(
     if unknown:
         raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
     infos = {name: schema.read_dataset_info(path) for name, path in study.datasets.items()}
-    records = []
+    records, pending = [], 0
     # Seed-major order: every method's first seed is done before any second seed.
     for dataset in study.datasets:
         for seed in study.seeds:
@@ -162,9 +167,18 @@ def run_study(
                 if METHODS[name].needs_soft_labels and not infos[dataset].get("has_soft_labels"):
                     log(f"skip {dataset}/{name}: the dataset has no soft labels")
                     continue
+                if report_only and not os.path.exists(
+                    os.path.join(cell_dir(study.study_dir, dataset, name, seed), EVAL_FILE)
+                ):
+                    pending += 1
+                    continue
                 train_dir = _variant_dir(study, dataset, METHODS[name].data_variant, variants or {}, log)
                 records.append(run_cell(study, dataset, name, seed, train_dir, log))
-    study_report.write_outputs(study.study_dir, records, infos, methods, base=study.base, seeds=study.seeds)
+    if pending:
+        log(f"report only: {len(records)} cells scored, {pending} not yet run")
+    study_report.write_outputs(
+        study.study_dir, records, infos, methods, base=study.base, seeds=study.seeds, pending=pending
+    )
     return records
 
 

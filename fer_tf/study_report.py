@@ -67,6 +67,7 @@ def write_outputs(
     *,
     base: Mapping[str, Any],
     seeds: Sequence[int],
+    pending: int = 0,
 ) -> None:
     """Writes results.csv, summary.md and plots/<dataset>_{methods,recall}.png into `study_dir`.
 
@@ -77,6 +78,7 @@ def write_outputs(
       methods: method names, in table order.
       base: the study's base recipe, quoted in summary.md.
       seeds: the study's seeds, quoted in summary.md.
+      pending: cells not run yet; summary.md then says the tables are partial.
     """
     os.makedirs(study_dir, exist_ok=True)
     rows = [flat_row(r) for r in records]
@@ -90,6 +92,11 @@ def write_outputs(
     keys = [c for c in columns if c not in ("dataset", "method", "seed", "split", "n")] + ["train_seconds"]
     stats = aggregate(rows, keys)
     sections = [_summary_header(base, seeds, methods)]
+    if pending:
+        sections.append(
+            f"**Partial:** {len(records)} cells scored, {pending} not yet run. A method's n "
+            "below the number of seeds means some of its seeds are still missing."
+        )
     for dataset, info in infos.items():
         by_method = {m: stats[(dataset, m)] for m in methods if (dataset, m) in stats}
         if not by_method:

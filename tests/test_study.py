@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,24 @@ def test_rerun_skips_finished_cells(finished_study, synthetic_data_dir):
     assert "val accuracy" not in proc.stdout  # train_lib printed nothing: no cell trained
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched} == before
     assert (finished_study / "results.csv").read_text() == results
+
+
+def test_report_only_tabulates_finished_cells_and_trains_nothing(
+    finished_study, synthetic_data_dir, tmp_path
+):
+    study_dir = tmp_path / "s"
+    shutil.copytree(finished_study, study_dir)
+    (study_dir / "summary.md").unlink()
+    # A third seed was asked for but never run: the report counts it as pending.
+    cmd = _study_cmd(study_dir, synthetic_data_dir, "--seeds=3", "--report_only")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 cells scored, 2 not yet run" in proc.stdout
+    assert not (study_dir / "runs" / "syn" / "crossentropy" / "seed2").exists()
+    assert len(_read_csv(study_dir / "results.csv")) == 4
+    summary = (study_dir / "summary.md").read_text()
+    assert "**Partial:** 4 cells scored, 2 not yet run" in summary
+    assert summary.count("| crossentropy |") == 1
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
