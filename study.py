@@ -4,6 +4,10 @@ Every (dataset, method, seed) cell is one training run under
 <study_dir>/runs/<dataset>/<method>/seed<k>; re-running the same command
 skips finished cells and resumes an interrupted one. Results: results.csv,
 summary.md (mean ± std over seeds) and plots/ in --study_dir.
+
+Repeated runs of one training recipe: give train.py's flagfile and a number of
+seeds, e.g. `python study.py --flagfile=fer2013.flags --seeds=10`. Its --name and
+--data_dir become the study's one dataset and <runs_dir>/<name>_seeds.
 """
 
 import os
@@ -15,9 +19,18 @@ import train
 from fer_tf import cli
 
 F = flags.FLAGS
-flags.DEFINE_string("study_dir", None, "Output directory of the study.")
+flags.DEFINE_string("study_dir", None, "Output directory of the study (default: <runs_dir>/<name>_seeds).")
 flags.DEFINE_list("methods", ["crossentropy"], "Method names (fer_tf.study.METHODS).")
 flags.DEFINE_list("datasets", None, "name=path pairs of converted datasets; the first is the reference.")
+# train.py's run flags, so that its flagfiles run here as repeated runs of one recipe.
+flags.DEFINE_string(
+    "name", None, "Run name of a train.py flagfile: the dataset name when --datasets is not given."
+)
+flags.DEFINE_string("data_dir", None, "Dataset of a train.py flagfile, used when --datasets is not given.")
+flags.DEFINE_string("runs_dir", "runs", "Parent of the default --study_dir.")
+flags.DEFINE_float(
+    "val_fraction", 0.0, "Share of train carved out as val when converting a dataset without one."
+)
 flags.DEFINE_list("imbalance_factors", [], "Also study long-tail versions of the first dataset at these IFs.")
 flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).")
 flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when a dataset has no test).")
@@ -29,10 +42,14 @@ flags.DEFINE_string("smote_targets", "balance", "SMOTE targets of the smote meth
 # The base recipe every cell shares: train.py's recipe flags, recorded in flags.txt as this script's own.
 train.define_recipe_flags(epochs=10)
 flags.adopt_module_key_flags(train)
-flags.mark_flags_as_required(["study_dir", "datasets"])
 
 
-def parse_datasets(items: list[str]) -> dict[str, str]:
+def parse_datasets(items: list[str] | None) -> dict[str, str]:
+    """--datasets name=path pairs, else the one dataset --name=--data_dir of a train.py flagfile."""
+    if not items:
+        if not F.data_dir:
+            cli.fail("give --datasets=name=path[,...] (or a train.py flagfile with --data_dir)")
+        return {F.name or os.path.basename(os.path.normpath(F.data_dir)): F.data_dir}
     datasets = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -50,7 +67,12 @@ def prepare_datasets(datasets: dict[str, str]) -> dict[str, str]:
 
         try:
             convert.prepare_dataset(
-                F.raw_data, first_dir, F.raw_format, image_size=F.image_size, channels=F.channels
+                F.raw_data,
+                first_dir,
+                F.raw_format,
+                image_size=F.image_size,
+                channels=F.channels,
+                val_fraction=F.val_fraction,
             )
         except FileNotFoundError as e:
             cli.fail(str(e))
@@ -76,6 +98,10 @@ def make_smote(parent_dir: str, output_dir: str) -> None:
 
 def main(argv):
     del argv
+    if not F.study_dir:
+        if not F.name:
+            cli.fail("give --study_dir (or a train.py flagfile with --name)")
+        F.study_dir = os.path.join(F.runs_dir, f"{F.name}_seeds")
     datasets = prepare_datasets(parse_datasets(F.datasets))
     import tensorflow as tf
 

@@ -128,6 +128,34 @@ def test_report_only_tabulates_finished_cells_and_trains_nothing(
     assert summary.count("| crossentropy |") == 1
 
 
+def test_a_train_flagfile_runs_as_repeated_seeds(synthetic_data_dir, tmp_path):
+    """FER-crossval's "N runs as mean ± std" of one recipe: train.py's flagfile, --seeds=N."""
+    flagfile = tmp_path / "recipe.flags"
+    lines = ["--name=rep", f"--data_dir={synthetic_data_dir}", "--raw_format=fer2013", *TINY]
+    flagfile.write_text("\n".join(lines) + "\n")
+    cmd = [
+        sys.executable,
+        str(REPO / "study.py"),
+        f"--flagfile={flagfile}",
+        f"--runs_dir={tmp_path}",
+        "--seeds=2",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _read_csv(tmp_path / "rep_seeds" / "results.csv")
+    assert [(r["dataset"], r["method"], r["seed"]) for r in rows] == [
+        ("rep", "crossentropy", "0"),
+        ("rep", "crossentropy", "1"),
+    ]
+    line = next(
+        x
+        for x in (tmp_path / "rep_seeds" / "summary.md").read_text().splitlines()
+        if x.startswith("| crossentropy |")
+    )
+    accuracies = [float(r["accuracy"]) * 100 for r in rows]
+    assert f"{np.mean(accuracies):.2f} ± {np.std(accuracies, ddof=1):.2f}" in line
+
+
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     proc = subprocess.run(
         _study_cmd(tmp_path / "s", tmp_path / "missing"),
@@ -139,6 +167,14 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: dataset syn:") and "missing" in last
+    for args, message in (
+        ([], "error: give --study_dir"),
+        ([f"--study_dir={tmp_path}"], "error: give --datasets"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "study.py"), *args], capture_output=True, text=True, cwd=REPO
+        )
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
 
 
 def _write_soft_dataset(data_dir, images, votes):
