@@ -18,6 +18,7 @@ and the latency ratio baseline / ours (> 1: ours is faster).
 
 import csv
 import gzip
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -99,6 +100,31 @@ def fer_model(tmp: str) -> str | None:
     return path
 
 
+def runtime_name() -> str:
+    """The interpreter fer_tf.inference picks: LiteRT, else tflite_runtime, else TensorFlow's."""
+    found = (m for m in ("ai_edge_litert", "tflite_runtime") if importlib.util.find_spec(m) is not None)
+    return next(found, "tensorflow.lite")
+
+
+def conv_macs(interpreter) -> int:
+    """Multiply-accumulates of one image in the conv, depthwise and dense ops (what latency tracks)."""
+    tensors = {t["index"]: t["shape"] for t in interpreter.get_tensor_details()}
+    macs = 0
+    for op in interpreter._get_ops_details():
+        name = op["op_name"]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        out = tensors[op["outputs"][0]]
+        if name == "CONV_2D":
+            macs += int(np.prod(out)) * int(np.prod(tensors[op["inputs"][1]][1:]))
+        elif name == "DEPTHWISE_CONV_2D":
+            weights = tensors[op["inputs"][1]]
+            macs += int(np.prod(out)) * int(weights[1] * weights[2])
+        elif name == "FULLY_CONNECTED":
+            macs += int(np.prod(out)) * int(tensors[op["inputs"][1]][1])
+    return macs
+
+
 def time_model(path: str, faces: np.ndarray, threads: int, to_input) -> dict:
     """Median per-face ms of (resize + invoke + read output) and of invoke alone; the predictions."""
     interpreter = tflite_interpreter(path, threads)
@@ -122,7 +148,8 @@ def time_model(path: str, faces: np.ndarray, threads: int, to_input) -> dict:
         invoke.append(t2 - t1)
         predictions.append(int(np.argmax(probs)))
     return {"total_ms": 1e3 * statistics.median(total), "invoke_ms": 1e3 * statistics.median(invoke),
-            "mb": os.path.getsize(path) / 2**20, "input": f"{inp['dtype'].__name__} {list(inp['shape'])}",
+            "mb": os.path.getsize(path) / 2**20, "mmacs": conv_macs(interpreter) / 1e6,
+            "input": f"{inp['dtype'].__name__} {list(inp['shape'])}",
             "predictions": np.array(predictions)}  # fmt: skip
 
 
@@ -138,7 +165,7 @@ def fer_input(face: np.ndarray, size: int) -> np.ndarray:
 def main(argv):
     del argv
     faces, labels, source = face_crops(F.faces, F.crop)
-    print(f"{len(faces)} faces: {source}; {F.threads} interpreter thread(s)")
+    print(f"{len(faces)} faces: {source}; {F.threads} interpreter thread(s); runtime {runtime_name()}")
     with tempfile.TemporaryDirectory() as tmp:
         ours = F.model or (str(RELEASE_MODEL) if RELEASE_MODEL.exists() else None)
         label = ours or "untrained FERNet int8 stand-in"
@@ -151,10 +178,12 @@ def main(argv):
     print(f"ours: {label}")
     # Both output FER2013's 7 classes in FER2013 order. fer's training data is not documented:
     # it may have seen these PublicTest faces, so its accuracy here is an upper bound.
-    print(f"{'model':<6} {'input':<26} {'MB':>6} {'invoke ms':>10} {'per face ms':>12} {'accuracy':>9}")
+    print(
+        f"{'model':<6} {'input':<26} {'MB':>6} {'MMACs':>6} {'invoke ms':>10} {'per face ms':>12} {'accuracy':>9}"
+    )
     for name, r in results.items():
         accuracy = f"{np.mean(r['predictions'] == labels):.3f}" if labels is not None else "-"
-        print(f"{name:<6} {r['input']:<26} {r['mb']:>6.2f} {r['invoke_ms']:>10.3f} {r['total_ms']:>12.3f} "
+        print(f"{name:<6} {r['input']:<26} {r['mb']:>6.2f} {r['mmacs']:>6.1f} {r['invoke_ms']:>10.3f} {r['total_ms']:>12.3f} "
               f"{accuracy:>9}")  # fmt: skip
     if "fer" in results:
         ratio = results["fer"]["total_ms"] / results["ours"]["total_ms"]
