@@ -275,6 +275,40 @@ def test_aggregate_and_format_match_numpy():
     assert focal["n"] == 1 and math.isnan(focal["std"]) and study_report.format_cell(focal) == "50.00 ± n/a"
 
 
+def test_compare_to_baseline_flags_only_steady_differences():
+    def row(method, seed, bal, f1, angry, disgust):
+        return {"method": method, "seed": seed, "balanced_accuracy": bal, "macro_f1": f1,
+                "recall_angry": angry, "recall_disgust": disgust}  # fmt: skip
+
+    rows = [
+        row("crossentropy", s, 0.40 + d, 0.30 + d, 0.10 + d, 0.0) for s, d in enumerate((0.0, 0.01, -0.01))
+    ]
+    rows += [
+        row("balanced", s, 0.50 + d, 0.30 - d, 0.30 + d, 0.50 + d) for s, d in enumerate((0.0, 0.01, -0.01))
+    ]
+    rows += [row("noisy", s, 0.45 + d, 0.30, 0.10, 0.0) for s, d in enumerate((0.15, -0.15, 0.0))]
+    rows += [row("one_seed", 0, 0.60, 0.40, 0.20, 0.20)]
+    result = {
+        e["method"]: e for e in study_report.compare_to_baseline(rows, "crossentropy", ["angry", "disgust"])
+    }
+    assert list(result) == ["balanced", "noisy", "one_seed"]
+    assert result["balanced"]["balanced_accuracy"]["diff"] == pytest.approx(0.10)
+    assert result["balanced"]["balanced_accuracy"]["significant"]
+    # Mean of the minority recalls: (0.30 + 0.50) / 2 - (0.10 + 0.0) / 2 = 0.35.
+    assert result["balanced"]["minority_recall"]["diff"] == pytest.approx(0.35)
+    assert not result["balanced"]["macro_f1"]["significant"]  # same mean
+    assert result["noisy"]["balanced_accuracy"]["diff"] == pytest.approx(0.05)
+    assert not result["noisy"]["balanced_accuracy"]["significant"]  # within its seed noise
+    assert math.isnan(result["one_seed"]["balanced_accuracy"]["p"])
+    # No spread on either side: equal is no difference (p 1), unequal is a certain one (p 0).
+    same = [row("crossentropy", s, 0.4, 0.3, 0.0, 0.0) for s in range(2)] + [
+        row("x", s, 0.4, 0.5, 0.0, 0.0) for s in range(2)
+    ]
+    flat = study_report.compare_to_baseline(same, "crossentropy", ["angry"])[0]
+    assert flat["balanced_accuracy"]["p"] == 1.0 and flat["macro_f1"]["p"] == 0.0
+    assert not result["one_seed"]["balanced_accuracy"]["significant"]
+
+
 def test_intensity_metrics_match_numpy():
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
     votes = np.array([[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6], [0.5, 0.5, 0.0]])
