@@ -22,23 +22,15 @@ F = flags.FLAGS
 flags.DEFINE_string("study_dir", None, "Output directory of the study (default: <runs_dir>/<name>_seeds).")
 flags.DEFINE_list("methods", ["crossentropy"], "Method names (fer_tf.study.METHODS).")
 flags.DEFINE_list("datasets", None, "name=path pairs of converted datasets; the first is the reference.")
-# train.py's run flags, so that its flagfiles run here as repeated runs of one recipe.
-flags.DEFINE_string(
-    "name", None, "Run name of a train.py flagfile: the dataset name when --datasets is not given."
-)
-flags.DEFINE_string("data_dir", None, "Dataset of a train.py flagfile, used when --datasets is not given.")
-flags.DEFINE_string("runs_dir", "runs", "Parent of the default --study_dir.")
-flags.DEFINE_float(
-    "val_fraction", 0.0, "Share of train carved out as val when converting a dataset without one."
-)
 flags.DEFINE_list("imbalance_factors", [], "Also study long-tail versions of the first dataset at these IFs.")
 flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).")
 flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when a dataset has no test).")
 flags.DEFINE_boolean("cross_dataset", False, "Also score each method's models on every dataset.")
-flags.DEFINE_string("raw_data", None, "Raw source converted into the first dataset when it is missing.")
-flags.DEFINE_enum("raw_format", "fer2013", train.RAW_FORMATS, "Format of --raw_data.")
 flags.DEFINE_boolean("report_only", False, "Train nothing: tables and plots of the cells finished so far.")
 flags.DEFINE_string("smote_targets", "balance", "SMOTE targets of the smote method (data_tools.smote).")
+# train.py's run flags: --raw_data/--raw_format convert the first dataset; --name and --data_dir
+# make a train.py flagfile's dataset the study's one dataset when --datasets is not given.
+train.define_run_flags()
 # The base recipe every cell shares: train.py's recipe flags, recorded in flags.txt as this script's own.
 train.define_recipe_flags(epochs=10)
 flags.adopt_module_key_flags(train)

@@ -87,8 +87,8 @@ def define_recipe_flags(epochs: int = 30) -> None:
     RECIPE_FLAGS[:] = [name for name in F if name not in before]
 
 
-def define_flags() -> None:
-    """Defines train.py's flags: where the run and its data are, then the recipe."""
+def define_run_flags() -> None:
+    """Defines where a run and its data are (study.py shares them, so train.py flagfiles run there)."""
     flags.DEFINE_string("name", None, "Run name; the run directory is <runs_dir>/<name>.")
     flags.DEFINE_string("runs_dir", "runs", "Parent directory of run directories.")
     flags.DEFINE_string("data_dir", None, "Converted TFRecord dataset (with dataset_info.json).")
@@ -97,6 +97,11 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "val_fraction", 0.0, "Share of train carved out as val when converting a dataset without one."
     )
+
+
+def define_flags() -> None:
+    """Defines train.py's flags: where the run and its data are, then the recipe."""
+    define_run_flags()
     flags.DEFINE_string("crt_from", "", "cRT: run directory whose backbone is frozen and head re-fit.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     define_recipe_flags()

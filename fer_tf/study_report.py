@@ -5,8 +5,8 @@ dataset with a row per method and mean ± sample std over seeds of accuracy,
 balanced accuracy, macro-F1, the recall of each minority class (train count
 below the median, from dataset_info.json) and, on datasets with vote shares,
 the intensity scores. Below each table, every method's difference from the
-cross-entropy baseline with Welch's t-test over seeds says which differences
-are beyond seed-to-seed noise. Plots use the project's Agg canvas (`fer_tf.report`).
+cross-entropy baseline (else the first method) with Welch's t-test over seeds
+says which differences are beyond seed-to-seed noise. Plots use the project's Agg canvas (`fer_tf.report`).
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ def write_outputs(
             continue
         split = next(r["split"] for r in rows if r["dataset"] == dataset)
         sections.append(_summary_table(dataset, info, split, by_method))
-        reference = BASELINE if BASELINE in by_method else None
-        if reference:
+        # The baseline is cross-entropy, else the first method (e.g. hard_labels in a FER+ study).
+        reference = BASELINE if BASELINE in by_method else next(iter(by_method))
+        if len(by_method) > 1:
             comparison = compare_to_baseline(
                 [r for r in rows if r["dataset"] == dataset], reference, minority_classes(info)
             )
