@@ -20,9 +20,6 @@ from data_tools import fer2013, folders
 from data_tools.images import read_image
 from data_tools.writer import ConversionError, Skip
 
-# Split names users type (FER2013 Usage values too) -> the dataset split names.
-SPLITS = {"train": "train", "training": "train", "val": "val", "validation": "val", "publictest": "val",
-          "test": "test", "privatetest": "test"}  # fmt: skip
 Log = Callable[[str], object]
 
 
@@ -32,7 +29,7 @@ def _stderr(message: str) -> None:
 
 def split_name(split: str) -> str:
     """A typed split (`PublicTest`, `val`, ...) as a dataset split name; unknown names lowercased."""
-    return SPLITS.get(split.lower(), split.lower())
+    return folders.SPLIT_ALIASES.get(split.lower(), split.lower())
 
 
 def read_csv(path: str, split: str | None, log: Log = _stderr) -> tuple[np.ndarray, list[str]]:
@@ -49,8 +46,9 @@ def read_csv(path: str, split: str | None, log: Log = _stderr) -> tuple[np.ndarr
     usage = header.index("usage") if "usage" in header else None
     if split:
         # Any Usage value is accepted: the FER2013 names map to splits, others match as written.
+        wanted = split_name(split)
         rows = [r for r in rows if usage is not None and usage < len(r) and
-                fer2013.USAGE_SPLITS.get(r[usage].strip().lower(), r[usage].strip().lower()) == split_name(split)]  # fmt: skip
+                fer2013.USAGE_SPLITS.get(r[usage].strip().lower(), r[usage].strip().lower()) == wanted]  # fmt: skip
         if not rows:
             raise ValueError(f"no rows with Usage {split!r} in {path}")
     images, names, skipped = [], [], collections.Counter()
@@ -79,7 +77,7 @@ def read_tfrecords(
     info = schema.read_dataset_info(data_dir)
     available = [s for s in schema.SPLITS if info["splits"].get(s, {}).get("num_examples")]
     default = next((s for s in ("val", "test") if s in available), None)
-    name = SPLITS.get(split.lower(), split) if split else default
+    name = folders.SPLIT_ALIASES.get(split.lower(), split) if split else default
     if name not in available:
         raise ValueError(f"{data_dir} has no split {split or 'val/test'} (has: {', '.join(available)})")
     images, labels = data.eval_arrays(data_dir, info, name, image_size=image_size, channels=channels)
@@ -96,7 +94,8 @@ def read_folder(
     if split:
         if layout["layout"] != "split_folders":
             raise ValueError(f"{root} has no split folders; leave out --split")
-        entries = [e for e in entries if e.split == SPLITS.get(split.lower(), split)]
+        wanted = folders.SPLIT_ALIASES.get(split.lower(), split)
+        entries = [e for e in entries if e.split == wanted]
     images, names, skipped = [], [], collections.Counter()
     for entry in entries:
         try:
