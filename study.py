@@ -55,19 +55,7 @@ def prepare_datasets(datasets: dict[str, str]) -> dict[str, str]:
     """Converts the first dataset from --raw_data if needed; adds its long-tail versions."""
     first, first_dir = next(iter(datasets.items()))
     if F.raw_data:
-        from data_tools import convert
-
-        try:
-            convert.prepare_dataset(
-                F.raw_data,
-                first_dir,
-                F.raw_format,
-                image_size=F.image_size,
-                channels=F.channels,
-                val_fraction=F.val_fraction,
-            )
-        except FileNotFoundError as e:
-            cli.fail(str(e))
+        train.prepare_data(first_dir)
     for name, path in datasets.items():
         if not os.path.exists(os.path.join(path, "dataset_info.json")):
             cli.fail(f"dataset {name}: no dataset_info.json in {path} (convert it, or pass --raw_data)")

@@ -136,18 +136,18 @@ def recipe_from_flags() -> dict[str, Any]:
     return recipe
 
 
-def prepare_data() -> None:
-    """Converts --raw_data into --data_dir when the TFRecords are missing."""
-    if os.path.exists(os.path.join(F.data_dir, "dataset_info.json")):
+def prepare_data(data_dir: str) -> None:
+    """Converts --raw_data into `data_dir` when its TFRecords are missing."""
+    if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
         return
     if not F.raw_data:
-        cli.fail(f"no dataset at {F.data_dir} and no --raw_data to convert it from")
+        cli.fail(f"no dataset at {data_dir} and no --raw_data to convert it from")
     from data_tools import convert
 
     try:
         convert.prepare_dataset(
             F.raw_data,
-            F.data_dir,
+            data_dir,
             F.raw_format,
             image_size=F.image_size,
             channels=F.channels,
@@ -163,7 +163,7 @@ def main(argv):
 
     from fer_tf import callbacks, train_lib
 
-    prepare_data()
+    prepare_data(F.data_dir)
     config = train_lib.TrainConfig(
         run_dir=os.path.join(F.runs_dir, F.name),
         data_dir=F.data_dir,
