@@ -147,6 +147,7 @@ def main(argv):
         if window:
             cv2.destroyAllWindows()
     print(summary.report(summary.frames / elapsed if elapsed > 0 else 0.0, elapsed))
+    print(f"  model: {recognizer.classifier.path} on {recognizer.classifier.runtime}")
     if source.skipped:
         print(f"  skipped {source.skipped} undecodable file(s)")
 

@@ -39,6 +39,10 @@ def tflite_interpreter(path: str | os.PathLike, num_threads: int = 1):
     return interpreter
 
 
+# Interpreter module -> the name users know the TFLite runtime by.
+RUNTIMES = {"ai_edge_litert": "LiteRT", "tflite_runtime": "tflite_runtime", "tensorflow": "tf.lite"}
+
+
 def read_class_names(model_dir: str | os.PathLike) -> list[str] | None:
     """Class names from `labels.txt` (or `metadata.json`) in `model_dir`, if any."""
     labels = Path(model_dir) / "labels.txt"
@@ -96,6 +100,7 @@ class TFLiteClassifier:
         self.input_range = (low, high)
         self.path = Path(path)
         self._interpreter = tflite_interpreter(self.path, num_threads)
+        self.runtime = RUNTIMES.get(type(self._interpreter).__module__.split(".")[0], "tf.lite")
         inp = self._interpreter.get_input_details()[0]
         out = self._interpreter.get_output_details()[0]
         _, self.input_size, _, self.channels = (int(v) for v in inp["shape"])
@@ -148,6 +153,7 @@ class SavedModelClassifier:
         self._tf = tf
         self._loaded = tf.saved_model.load(str(saved))  # keeps the variables alive
         self._fn = self._loaded.signatures["serving_default"]
+        self.path, self.runtime = saved, "TensorFlow SavedModel"
         self.input_size, self.channels = _input_spec(root)
         names = class_names or read_class_names(root) or read_class_names(saved)
         if not names:
