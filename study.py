@@ -65,7 +65,8 @@ def prepare_datasets(datasets: dict[str, str]) -> dict[str, str]:
         path = os.path.join(F.study_dir, "data", f"{first}_if{factor:g}")
         if not os.path.exists(os.path.join(path, "dataset_info.json")):
             print(f"building {path} (long-tail IF {factor:g} of {first_dir})", flush=True)
-            longtail.make_longtail(first_dir, path, factor, seed=0, overwrite=True)
+            info = longtail.make_longtail(first_dir, path, factor, seed=0, overwrite=True)
+            print(longtail.shortfall(info["source"]) or "", end="")
         datasets[f"{first}_if{factor:g}"] = path
     return datasets
 

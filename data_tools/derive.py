@@ -209,13 +209,16 @@ def define_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 
 
-def run_cli(build: Callable[[], Mapping[str, Any]]) -> None:
+def run_cli(build: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any]:
     """The main() of a derived-set CLI: checks --data and --output, runs `build`, prints the counts.
 
     Args:
       build: writes the derived dataset from the flags and returns its dataset_info.
         A missing input, a ValueError or an existing output (FileExistsError)
         end the CLI with a one-line error and exit code 2 (`fer_tf.cli.fail`).
+
+    Returns:
+      The dataset_info `build` returned.
     """
     f = flags.FLAGS
     if not f.data or not os.path.exists(os.path.join(f.data, schema.INFO_FILE)):
@@ -230,3 +233,4 @@ def run_cli(build: Callable[[], Mapping[str, Any]]) -> None:
     counts = ", ".join(f"{n} {c}" for n, c in train["class_counts"].items())
     synthetic = f", {train['num_synthetic']} synthetic" if train["num_synthetic"] else ""
     print(f"wrote {f.output}: train {train['num_examples']} images{synthetic} ({counts})")
+    return info

@@ -94,11 +94,24 @@ def test_make_longtail(parent, tmp_path):
     by_id = dict(zip(parent_train.ids, parent_train.images, strict=True))
     assert all(np.array_equal(by_id[i], im) for i, im in zip(train.ids, train.images, strict=True))
     assert info["source"]["imbalance_factor"] == 4.0
+    assert info["source"]["achieved_imbalance_factor"] == 4.0 and info["source"]["short_of_target"] == {}
+    assert longtail.shortfall(info["source"]) is None
     assert info["source"]["parent_dir"] == os.path.abspath(parent)
     assert info["source"]["parent_source"] == {"format": "test"}
     assert info["splits"]["train"]["num_synthetic"] == 0
     _assert_eval_splits_untouched(parent, str(output), info)
     assert sorted(os.listdir(tmp_path)) == ["if4"]  # no temp dirs left behind
+
+
+def test_classes_short_of_their_target_are_reported_with_the_real_ratio(parent, tmp_path):
+    # IF 2 targets a 40, c round(40 * 2^(-1/3)) = 32, b 25, d 20, but b, c and d have only 20, 30, 12.
+    info = longtail.make_longtail(parent, str(tmp_path / "if2"), imbalance_factor=2)
+    assert longtail.longtail_targets(TRAIN_COUNTS, 2).tolist() == [40, 25, 32, 20]
+    assert info["splits"]["train"]["class_counts"] == {"a": 40, "b": 20, "c": 30, "d": 12}
+    assert info["source"]["short_of_target"] == {"b": 25, "c": 32, "d": 20}
+    assert info["source"]["achieved_imbalance_factor"] == round(40 / 12, 2) == 3.33
+    line = "  real head/tail ratio 3.33: b (target 25), c (target 32), d (target 20) kept all it had\n"
+    assert longtail.shortfall(info["source"]) == line
 
 
 def test_make_longtail_steep_factor_is_seeded(parent, tmp_path):
