@@ -108,6 +108,15 @@ def cell_dir(study_dir: str, dataset: str, method: str, seed: int) -> str:
     return os.path.join(study_dir, "runs", dataset, method, f"seed{seed}")
 
 
+def export_source(study: Study, record: Mapping[str, Any]) -> str:
+    """The run a cell's model comes from, with the export.py option a post-hoc method adds."""
+    method = METHODS[record["method"]]
+    if method.posthoc_tau is None:
+        return cell_dir(study.study_dir, record["dataset"], record["method"], record["seed"])
+    run = cell_dir(study.study_dir, record["dataset"], method.base, record["seed"])
+    return f"{run} --logit_adjust_tau={method.posthoc_tau:g}"
+
+
 def expand_methods(names: Sequence[str]) -> list[str]:
     """Methods in run order: each after the method it builds on (added when missing).
 
@@ -176,8 +185,16 @@ def run_study(
                 records.append(run_cell(study, dataset, name, seed, train_dir, log))
     if pending:
         log(f"report only: {len(records)} cells scored, {pending} not yet run")
+    run_dirs = {(r["dataset"], r["method"], r["seed"]): export_source(study, r) for r in records}
     study_report.write_outputs(
-        study.study_dir, records, infos, methods, base=study.base, seeds=study.seeds, pending=pending
+        study.study_dir,
+        records,
+        infos,
+        methods,
+        base=study.base,
+        seeds=study.seeds,
+        pending=pending,
+        run_dirs=run_dirs,
     )
     return records
 

@@ -71,6 +71,7 @@ def write_outputs(
     base: Mapping[str, Any],
     seeds: Sequence[int],
     pending: int = 0,
+    run_dirs: Mapping[tuple[str, str, int], str] | None = None,
 ) -> None:
     """Writes results.csv, summary.md and plots/<dataset>_{methods,recall}.png into `study_dir`.
 
@@ -82,6 +83,8 @@ def write_outputs(
       base: the study's base recipe, quoted in summary.md.
       seeds: the study's seeds, quoted in summary.md.
       pending: cells not run yet; summary.md then says the tables are partial.
+      run_dirs: {(dataset, method, seed): run directory}; with it, summary.md names
+        each method's best run (`best_runs`), whose checkpoint export.py takes.
     """
     os.makedirs(study_dir, exist_ok=True)
     rows = [flat_row(r) for r in records]
@@ -113,6 +116,10 @@ def write_outputs(
                 [r for r in rows if r["dataset"] == dataset], reference, minority_classes(info)
             )
             sections.append(_comparison_table(reference, comparison))
+        if run_dirs:
+            key = "balanced_accuracy" if "balanced" in str(base.get("monitor", "balanced")) else "accuracy"
+            best = best_runs([r for r in rows if r["dataset"] == dataset], key)
+            sections.append(_best_table(best, key, run_dirs))
         plots = os.path.join(study_dir, "plots")
         plot_method_bars(by_method, os.path.join(plots, f"{dataset}_methods.png"), title=dataset)
         plot_recall_heatmap(
@@ -245,6 +252,32 @@ def _comparison_table(reference: str, comparison: Sequence[Mapping[str, Any]]) -
             mark = "**" if c is not None and c["significant"] else ""
             cells.append("" if c is None else f"{mark}{c['diff'] * 100:+.2f}{mark} ({p})")
         lines.append(f"| {entry['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_runs(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, Mapping[str, Any]]:
+    """{method: its row with the highest `key`} (FER-crossval keeps the best of its N runs)."""
+    best: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        if row["method"] not in best or float(row[key]) > float(best[row["method"]][key]):
+            best[row["method"]] = row
+    return best
+
+
+def _best_table(best: Mapping[str, Mapping[str, Any]], key: str, run_dirs: Mapping) -> str:
+    lines = [
+        f"Best run of each method by {key.replace('_', ' ')} (its run directory keeps that run's best "
+        "epoch; `python export.py --run=<run>` turns it into a model):",
+        "",
+        "| method | seed | accuracy | balanced acc. | run |",
+        "|---|---|---|---|---|",
+    ]
+    for method, row in best.items():
+        run = run_dirs.get((row["dataset"], method, int(row["seed"])), "")
+        lines.append(
+            f"| {method} | {row['seed']} | {100 * float(row['accuracy']):.2f} | "
+            f"{100 * float(row['balanced_accuracy']):.2f} | {run} |"
+        )
     return "\n".join(lines)
 
 
