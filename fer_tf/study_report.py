@@ -168,7 +168,8 @@ def _summary_table(dataset: str, info: Mapping, split: str, by_method: Mapping[s
         + ("; it also picked each run's best epoch, so scores are optimistic" if split == "val" else "")
         + "). Train counts: "
         + ", ".join(f"{name} {counts[name]}" for name in info["class_names"])
-        + f". Minority classes (below the median train count): {', '.join(minority) or 'none'}.",
+        + f". Minority classes (below the median train count): {', '.join(minority) or 'none'}."
+        + _longtail_note(info),
         "",
         "| method | " + " | ".join(title for _, title, _, _ in columns) + " | train s | n |",
         "|---" * (len(columns) + 3) + "|",
@@ -180,6 +181,18 @@ def _summary_table(dataset: str, info: Mapping, split: str, by_method: Mapping[s
         seconds = f"{stat['train_seconds']['mean']:.0f}"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds} | {stat['accuracy']['n']} |")
     return "\n".join(lines)
+
+
+def _longtail_note(info: Mapping[str, Any]) -> str:
+    """The imbalance factor asked and the head/tail ratio of the counts, for a long-tail subset."""
+    source = info.get("source") or {}
+    if source.get("format") != "longtail":
+        return ""
+    counts = [c for c in info["splits"]["train"]["class_counts"].values() if c > 0]
+    return (
+        f" A long-tail subset at imbalance factor {source['imbalance_factor']:g}; its real head/tail "
+        f"ratio is {max(counts) / min(counts):.1f} (a class short of its target keeps all it has)."
+    )
 
 
 BASELINE = "crossentropy"

@@ -345,3 +345,20 @@ def test_methods_run_after_the_runs_they_build_on():
         study.expand_methods(["nope"])
     summary = re.compile(r"\d+\.\d\d ± (\d+\.\d\d|n/a)")
     assert summary.fullmatch(study_report.format_cell({"mean": 0.5, "std": 0.01, "n": 2}))
+
+
+def test_long_tail_tables_say_the_real_head_tail_ratio():
+    # FER2013 at IF 10: disgust's target is 721 but it has 436, so the subset is 7215 / 436 = 16.5.
+    counts = {"angry": 1554, "disgust": 436, "fear": 2282, "happy": 7215, "sad": 3349, "surprise": 1059}
+    info = {
+        "class_names": list(counts),
+        "splits": {"train": {"class_counts": counts}, "val": {"num_examples": 10}},
+        "source": {"format": "longtail", "imbalance_factor": 10.0},
+    }
+    by_method = {
+        "crossentropy": {"accuracy": {"mean": 0.5, "std": 0.1, "n": 2}, "train_seconds": {"mean": 1.0}}
+    }
+    table = study_report._summary_table("lt", info, "val", by_method)
+    assert "imbalance factor 10; its real head/tail ratio is 16.5" in table
+    del info["source"]
+    assert "head/tail" not in study_report._summary_table("lt", info, "val", by_method)
