@@ -104,7 +104,7 @@ def make_longtail(
     class_names = info["class_names"]
     parent_counts = schema.class_counts(info, derive.TRAIN)
     targets = longtail_targets(parent_counts, imbalance_factor)
-    keep = np.minimum(targets, np.array(parent_counts, np.int64))
+    keep = longtail_counts(parent_counts, imbalance_factor)
     train = derive.read_split(input_dir, derive.TRAIN, info)
     indices = choose_indices(train.labels, keep, seed)
     source = {
