@@ -115,7 +115,7 @@ def make_longtail(
         "target_counts": {n: int(c) for n, c in zip(class_names, keep, strict=True)},
         # A class with fewer images than its target keeps them all, so the subset's real
         # head/tail ratio can exceed IF (FER2013 at IF 10: disgust has 436 < 721, ratio 16.5).
-        "achieved_imbalance_factor": round(float(keep.max() / keep[keep > 0].min()), 2),
+        "achieved_imbalance_factor": round(schema.imbalance_ratio(keep), 2),
         "short_of_target": {
             n: int(target)
             for n, target, c in zip(class_names, targets, parent_counts, strict=True)

@@ -223,3 +223,10 @@ def class_counts(info: Mapping[str, Any], split: str = "train") -> np.ndarray:
     """Returns the per-class counts of `split` as an int64 array in class order."""
     counts = info["splits"][split]["class_counts"]
     return np.array([counts[name] for name in info["class_names"]], dtype=np.int64)
+
+
+def imbalance_ratio(counts: Sequence[int] | np.ndarray) -> float:
+    """Head/tail ratio of class counts: the largest over the smallest non-empty count."""
+    present = np.asarray(counts, np.int64)
+    present = present[present > 0]
+    return float(present.max() / present.min())

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_tf import metrics, report
+from fer_tf import metrics, report, schema
 
 
 def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,11 +188,11 @@ def _longtail_note(info: Mapping[str, Any]) -> str:
     source = info.get("source") or {}
     if source.get("format") != "longtail":
         return ""
-    counts = [c for c in info["splits"]["train"]["class_counts"].values() if c > 0]
-    return (
-        f" A long-tail subset at imbalance factor {source['imbalance_factor']:g}; its real head/tail "
-        f"ratio is {max(counts) / min(counts):.1f} (a class short of its target keeps all it has)."
-    )
+    asked, ratio = source["imbalance_factor"], schema.imbalance_ratio(schema.class_counts(info))
+    note = f" A long-tail subset at imbalance factor {asked:g}"
+    if round(ratio, 1) == round(asked, 1):
+        return note + "."
+    return note + f"; its real head/tail ratio is {ratio:.1f} (a class short of its target keeps all it has)."
 
 
 BASELINE = "crossentropy"

@@ -360,5 +360,8 @@ def test_long_tail_tables_say_the_real_head_tail_ratio():
     }
     table = study_report._summary_table("lt", info, "val", by_method)
     assert "imbalance factor 10; its real head/tail ratio is 16.5" in table
+    info["source"]["imbalance_factor"] = 16.5  # asked what the counts are: nothing to explain
+    table = study_report._summary_table("lt", info, "val", by_method)
+    assert "imbalance factor 16.5." in table and "head/tail" not in table
     del info["source"]
-    assert "head/tail" not in study_report._summary_table("lt", info, "val", by_method)
+    assert "imbalance factor" not in study_report._summary_table("lt", info, "val", by_method)
