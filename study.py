@@ -27,6 +27,12 @@ flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).")
 flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when a dataset has no test).")
 flags.DEFINE_boolean("cross_dataset", False, "Also score each method's models on every dataset.")
 flags.DEFINE_boolean("report_only", False, "Train nothing: tables and plots of the cells finished so far.")
+flags.DEFINE_list(
+    "train_datasets",
+    None,
+    "Train only these datasets' cells in this sitting (e.g. fer2013_if100); the others are "
+    "reported when finished. Default: every dataset.",
+)
 flags.DEFINE_string("smote_targets", "balance", "SMOTE targets of the smote method (data_tools.smote).")
 # train.py's run flags: --raw_data/--raw_format convert the first dataset; --name and --data_dir
 # make a train.py flagfile's dataset the study's one dataset when --datasets is not given.
@@ -84,6 +90,9 @@ def main(argv):
             cli.fail("give --study_dir (or a train.py flagfile with --name)")
         F.study_dir = os.path.join(F.runs_dir, f"{F.name}_seeds")
     datasets = prepare_datasets(parse_datasets(F.datasets))
+    unknown = sorted(set(F.train_datasets or ()) - set(datasets))
+    if unknown:
+        cli.fail(f"--train_datasets {','.join(unknown)}: the study's datasets are {','.join(datasets)}")
     import tensorflow as tf
 
     from fer_tf import callbacks
@@ -104,7 +113,12 @@ def main(argv):
             f.write("".join(flag.serialize() + "\n" for flag in own if flag.serialize()))
     tf.get_logger().setLevel("ERROR")
     try:
-        fer_study.run_study(study, variants={"smote": make_smote}, report_only=F.report_only)
+        fer_study.run_study(
+            study,
+            variants={"smote": make_smote},
+            report_only=F.report_only,
+            train_datasets=F.train_datasets,
+        )
         if F.cross_dataset and not F.report_only:
             fer_study.study_cross_dataset(study, study.methods)
     except callbacks.NanLossError as e:

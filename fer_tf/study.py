@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -143,6 +143,7 @@ def run_study(
     variants: Mapping[str, VariantBuilder] | None = None,
     log: Callable[[str], Any] = print,
     report_only: bool = False,
+    train_datasets: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) every cell, then writes results.csv, summary.md and plots.
 
@@ -154,6 +155,9 @@ def run_study(
       log: progress messages.
       report_only: train nothing: write the outputs from the cells scored so
         far (between sittings of a long study); summary.md counts the others.
+      train_datasets: train only these datasets' cells in this sitting (the
+        others are reported when finished, else counted as pending); None
+        trains every dataset.
 
     Returns:
       One record per cell: dataset, method, seed, split, train_seconds,
@@ -167,16 +171,20 @@ def run_study(
     unknown = (set(study.base) | {k for m in methods for k in METHODS[m].overrides}) - fields
     if unknown:
         raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
+    unknown = set(train_datasets or ()) - set(study.datasets)
+    if unknown:
+        raise ValueError(f"train_datasets {sorted(unknown)} are not in the study: {sorted(study.datasets)}")
     infos = {name: schema.read_dataset_info(path) for name, path in study.datasets.items()}
     records, pending = [], 0
     # Seed-major order: every method's first seed is done before any second seed.
     for dataset in study.datasets:
+        train_here = not report_only and (train_datasets is None or dataset in train_datasets)
         for seed in study.seeds:
             for name in methods:
                 if METHODS[name].needs_soft_labels and not infos[dataset].get("has_soft_labels"):
                     log(f"skip {dataset}/{name}: the dataset has no soft labels")
                     continue
-                if report_only and not os.path.exists(
+                if not train_here and not os.path.exists(
                     os.path.join(cell_dir(study.study_dir, dataset, name, seed), EVAL_FILE)
                 ):
                     pending += 1
@@ -184,7 +192,7 @@ def run_study(
                 train_dir = _variant_dir(study, dataset, METHODS[name].data_variant, variants or {}, log)
                 records.append(run_cell(study, dataset, name, seed, train_dir, log))
     if pending:
-        log(f"report only: {len(records)} cells scored, {pending} not yet run")
+        log(f"{len(records)} cells scored, {pending} not yet run")
     run_dirs = {(r["dataset"], r["method"], r["seed"]): export_source(study, r) for r in records}
     study_report.write_outputs(
         study.study_dir,
