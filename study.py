@@ -90,9 +90,6 @@ def main(argv):
             cli.fail("give --study_dir (or a train.py flagfile with --name)")
         F.study_dir = os.path.join(F.runs_dir, f"{F.name}_seeds")
     datasets = prepare_datasets(parse_datasets(F.datasets))
-    unknown = sorted(set(F.train_datasets or ()) - set(datasets))
-    if unknown:
-        cli.fail(f"--train_datasets {','.join(unknown)}: the study's datasets are {','.join(datasets)}")
     import tensorflow as tf
 
     from fer_tf import callbacks
@@ -100,6 +97,7 @@ def main(argv):
 
     try:
         fer_study.expand_methods(F.methods)
+        fer_study.check_train_datasets(datasets, F.train_datasets)
     except ValueError as e:
         cli.fail(str(e))
     base = train.recipe_from_flags()

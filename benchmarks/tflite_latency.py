@@ -2,7 +2,8 @@
 
   python benchmarks/tflite_latency.py [--model=export/model_int8.tflite] [--faces=300] [--threads=1]
 
-Measured in one run, one interpreter thread, on the same face crops (FER2013
+Measured in one run, one interpreter thread, in alternating rounds (so a change of
+machine load hits both models alike), on the same face crops (FER2013
 PublicTest faces upscaled to 96 px when ../shared/data is present, else
 synthetic ones from data_tools.synthetic_faces); each model resizes the crop to its
 own input with cv2.INTER_AREA:
@@ -13,13 +14,16 @@ own input with cv2.INTER_AREA:
 Without --model it uses models/fer2013/model_int8.tflite, or builds an untrained
 FERNet int8 stand-in (same ops and size, so the same speed). Prints per-face
 median latencies, accuracy on the faces when they are labelled FER2013 ones,
-and the latency ratio baseline / ours (> 1: ours is faster).
+and the latency ratio baseline / ours (> 1: ours is faster). The ratio depends on the
+CPU: int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm dotprod) speed up our
+int8 model far more than fer's float32-input one, so the CPU line names them.
 """
 
 import csv
 import gzip
 import importlib.util
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +49,7 @@ F = flags.FLAGS
 flags.DEFINE_string("model", None, "Our .tflite (default: release model, else an untrained FERNet stand-in).")
 flags.DEFINE_integer("faces", 300, "Faces timed per model.")
 flags.DEFINE_integer("threads", 1, "TFLite interpreter threads.")
+flags.DEFINE_integer("rounds", 5, "Alternating timing rounds per model (the median round counts).")
 flags.DEFINE_integer("crop", 96, "Side of the face crops both models resize from.")
 
 
@@ -125,14 +130,35 @@ def conv_macs(interpreter) -> int:
     return macs
 
 
-def time_model(path: str, faces: np.ndarray, threads: int, to_input) -> dict:
-    """Median per-face ms of (resize + invoke + read output) and of invoke alone; the predictions."""
+def cpu_summary() -> str:
+    """CPU model and its int8 dot-product instructions, which decide how fast int8 models run."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
+    )
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
+                      if line.startswith(("flags", "Features"))), []))  # fmt: skip
+    int8 = sorted(flags & {"avx512_vnni", "avx_vnni", "asimddp", "i8mm"})
+    return f"{model or platform.machine()}; int8 dot-product ISA: {', '.join(int8) or 'none'}"
+
+
+def load_model(path: str, faces: np.ndarray, threads: int, to_input):
+    """An interpreter with its first invokes done (they allocate and pack weights)."""
     interpreter = tflite_interpreter(path, threads)
+    inp = interpreter.get_input_details()[0]
+    for face in faces[:20]:
+        interpreter.set_tensor(inp["index"], to_input(face, int(inp["shape"][1])))
+        interpreter.invoke()
+    return interpreter
+
+
+def time_model(interpreter, faces: np.ndarray, to_input) -> dict:
+    """Median per-face ms of (resize + invoke + read output) and of invoke alone; the predictions."""
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     size = int(inp["shape"][1])
-    for face in faces[:20]:  # warm-up: first invokes allocate and pack weights
-        interpreter.set_tensor(inp["index"], to_input(face, size))
-        interpreter.invoke()
     total, invoke, predictions = [], [], []
     for face in faces:
         t0 = time.perf_counter()
@@ -148,9 +174,26 @@ def time_model(path: str, faces: np.ndarray, threads: int, to_input) -> dict:
         invoke.append(t2 - t1)
         predictions.append(int(np.argmax(probs)))
     return {"total_ms": 1e3 * statistics.median(total), "invoke_ms": 1e3 * statistics.median(invoke),
-            "mb": os.path.getsize(path) / 2**20, "mmacs": conv_macs(interpreter) / 1e6,
-            "input": f"{inp['dtype'].__name__} {list(inp['shape'])}",
-            "predictions": np.array(predictions)}  # fmt: skip
+            "input": f"{inp['dtype'].__name__} {list(inp['shape'])}", "predictions": np.array(predictions)}  # fmt: skip
+
+
+def interleaved(models: dict[str, tuple[str, object]], faces: np.ndarray, threads: int, rounds: int) -> dict:
+    """Times the models in alternating rounds, so a change of machine load hits each of them alike.
+
+    Returns per model the median over rounds of each round's median per-face times.
+    """
+    loaded = {name: load_model(path, faces, threads, to_input) for name, (path, to_input) in models.items()}
+    per_round = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, (_, to_input) in models.items():
+            per_round[name].append(time_model(loaded[name], faces, to_input))
+    results = {}
+    for name, (path, _) in models.items():
+        runs = per_round[name]
+        results[name] = {**runs[0], "mb": os.path.getsize(path) / 2**20, "mmacs": conv_macs(loaded[name]) / 1e6,
+                         "total_ms": statistics.median(r["total_ms"] for r in runs),
+                         "invoke_ms": statistics.median(r["invoke_ms"] for r in runs)}  # fmt: skip
+    return results
 
 
 def ours_input(face: np.ndarray, size: int) -> np.ndarray:
@@ -166,15 +209,17 @@ def main(argv):
     del argv
     faces, labels, source = face_crops(F.faces, F.crop)
     print(f"{len(faces)} faces: {source}; {F.threads} interpreter thread(s); runtime {runtime_name()}")
+    print(f"CPU: {cpu_summary()}")
     with tempfile.TemporaryDirectory() as tmp:
         ours = F.model or (str(RELEASE_MODEL) if RELEASE_MODEL.exists() else None)
         label = ours or "untrained FERNet int8 stand-in"
         if ours is None:
             ours = stand_in_model(os.path.join(tmp, "fernet_int8.tflite"), faces)
-        results = {"ours": time_model(ours, faces, F.threads, ours_input)}
+        models = {"ours": (ours, ours_input)}
         baseline = fer_model(tmp)
         if baseline:
-            results["fer"] = time_model(baseline, faces, F.threads, fer_input)
+            models["fer"] = (baseline, fer_input)
+        results = interleaved(models, faces, F.threads, F.rounds)
     print(f"ours: {label}")
     # Both output FER2013's 7 classes in FER2013 order. fer's training data is not documented:
     # it may have seen these PublicTest faces, so its accuracy here is an upper bound.

@@ -138,6 +138,15 @@ def expand_methods(names: Sequence[str]) -> list[str]:
     return ordered
 
 
+def check_train_datasets(datasets: Collection[str], train_datasets: Collection[str] | None) -> None:
+    """Raises ValueError naming the `train_datasets` that are not among the study's `datasets`."""
+    unknown = sorted(set(train_datasets or ()) - set(datasets))
+    if unknown:
+        raise ValueError(
+            f"--train_datasets {','.join(unknown)}: the study's datasets are {','.join(datasets)}"
+        )
+
+
 def run_study(
     study: Study,
     variants: Mapping[str, VariantBuilder] | None = None,
@@ -171,9 +180,7 @@ def run_study(
     unknown = (set(study.base) | {k for m in methods for k in METHODS[m].overrides}) - fields
     if unknown:
         raise ValueError(f"not TrainConfig fields: {sorted(unknown)}")
-    unknown = set(train_datasets or ()) - set(study.datasets)
-    if unknown:
-        raise ValueError(f"train_datasets {sorted(unknown)} are not in the study: {sorted(study.datasets)}")
+    check_train_datasets(study.datasets, train_datasets)
     infos = {name: schema.read_dataset_info(path) for name, path in study.datasets.items()}
     records, pending = [], 0
     # Seed-major order: every method's first seed is done before any second seed.
