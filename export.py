@@ -42,12 +42,16 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the calibration image choice.")
 
 
 def print_summary(metadata: dict, output: str) -> None:
-    print(f"{'variant':<8} {'file':<22} {'bytes':>10} {'top-1 agree':>12} {'max |dp|':>9} {'n':>6}")
+    margin = next(iter(metadata["parity"].values()), {}).get("confident_margin", 0.0)
+    print(
+        f"{'variant':<8} {'file':<22} {'bytes':>10} {'top-1 agree':>12} {f'margin>={margin:g}':>13} "
+        f"{'max |dp|':>9} {'n':>6}"
+    )
     for variant, result in metadata["parity"].items():
         size = metadata["tflite_files"][result["file"]]
         print(
             f"{variant:<8} {result['file']:<22} {size:>10,d} {result['top1_agreement']:>12.4f} "
-            f"{result['max_abs_diff_prob']:>9.4f} {result['n']:>6d}"
+            f"{result['top1_agreement_confident']:>13.4f} {result['max_abs_diff_prob']:>9.4f} {result['n']:>6d}"
         )
     exported = metadata["validation_metrics"]["exported"]["saved_model"]
     split = metadata["validation_metrics"]["split"]

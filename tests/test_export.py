@@ -282,6 +282,18 @@ def test_export_cli_errors(tmp_path):
     assert proc.stderr.strip() == "error: --logit_adjust_tau=strong: expected a number or 'auto'"
 
 
+def test_parity_separates_near_ties_from_confident_flips():
+    reference = np.array([[0.51, 0.49, 0.0], [0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.34, 0.33, 0.33]])
+    # The int8 stand-in flips the two near-ties (margins 0.02 and 0.01) and one confident face.
+    flipped = np.array([[0.49, 0.51, 0.0], [0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.33, 0.34, 0.33]])
+    result = export_lib.parity(reference, flipped)
+    assert result["top1_agreement"] == 0.25
+    assert result["confident_share"] == 0.5  # margins 0.85 and 0.5 are >= 0.05
+    assert result["top1_agreement_confident"] == 0.5
+    assert result["max_abs_diff_prob"] == pytest.approx(0.5)
+    assert export_lib.parity(reference, reference)["top1_agreement_confident"] == 1.0
+
+
 def test_choose_tau_balances_accuracy_and_balanced_accuracy():
     rows = [
         {"tau": 0.0, "accuracy": 0.70, "balanced_accuracy": 0.60},
