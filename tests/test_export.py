@@ -294,6 +294,25 @@ def test_parity_separates_near_ties_from_confident_flips():
     assert export_lib.parity(reference, reference)["top1_agreement_confident"] == 1.0
 
 
+def test_dead_squeeze_excite_is_folded_without_changing_the_output():
+    inputs = keras.Input((4, 4, 1))
+    x = keras.layers.Conv2D(6, 1, activation="relu", name="b_stem")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = keras.layers.Conv2D(2, 1, activation="relu", name="b_se_reduce")(pooled)
+    s = keras.layers.Conv2D(6, 1, activation="hard_sigmoid", name="b_se_expand")(s)
+    model = keras.Model(inputs, keras.layers.Multiply()([x, s]))
+    reduce = model.get_layer("b_se_reduce")
+    kernel, bias = reduce.get_weights()
+    reduce.set_weights([-np.abs(kernel) - 0.1, bias - 1.0])  # never fires on non-negative input
+    images = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 1)).astype(np.uint8)
+    before = model.predict(images / 255.0, verbose=0)
+    assert export_lib.fold_dead_squeeze_excite(model, images) == ["b_se_reduce"]
+    np.testing.assert_allclose(model.predict(images / 255.0, verbose=0), before, atol=1e-6)
+    assert not np.any(reduce.get_weights()[0]) and np.all(reduce.get_weights()[1] == 1.0)
+    # A live squeeze is left alone.
+    assert export_lib.fold_dead_squeeze_excite(model, images) == []
+
+
 def test_choose_tau_balances_accuracy_and_balanced_accuracy():
     rows = [
         {"tau": 0.0, "accuracy": 0.70, "balanced_accuracy": 0.60},
