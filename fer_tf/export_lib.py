@@ -218,7 +218,7 @@ def fold_dead_squeeze_excite(model: keras.Model, images: np.ndarray) -> list[str
       The names of the folded squeeze layers.
     """
     reduces = [layer for layer in model.layers if layer.name.endswith("_se_reduce")]
-    if not reduces or images is None:
+    if not reduces:
         return []
     probe = keras.Model(model.inputs, [layer.output for layer in reduces])
     outputs = probe.predict(images.astype(np.float32) / 255.0, batch_size=256, verbose=0)
