@@ -53,6 +53,14 @@ def print_summary(metadata: dict, output: str) -> None:
             f"{variant:<8} {result['file']:<22} {size:>10,d} {result['top1_agreement']:>12.4f} "
             f"{result['top1_agreement_confident']:>13.4f} {result['max_abs_diff_prob']:>9.4f} {result['n']:>6d}"
         )
+    requantization = metadata.get("int8_requantization")
+    if requantization and requantization["outside_xnnpack_range"]:
+        ops = requantization["outside_xnnpack_range"]
+        print(
+            f"WARNING: {len(ops)} int8 op(s) have a requantization ratio outside XNNPACK's range "
+            f"(worst {ops[0]['ratio']:.3g} at {ops[0]['tensor']}): the int8 model will run undelegated, "
+            "several times slower; see metadata.json int8_requantization"
+        )
     exported = metadata["validation_metrics"]["exported"]["saved_model"]
     split = metadata["validation_metrics"]["split"]
     print(

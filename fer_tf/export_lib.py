@@ -148,6 +148,54 @@ def convert_tflite(saved_model_dir: str, variant: str, representative: np.ndarra
     return converter.convert()
 
 
+# XNNPACK, TFLite's default CPU delegate, takes a quantized conv or dense op only
+# when input_scale * filter_scale / output_scale lies in [2**-32, 256) for every
+# output channel; one op outside the range left release v3's whole int8 graph
+# undelegated (7x slower), with no error at conversion or run time.
+XNNPACK_REQUANT_RANGE = (2.0**-32, 256.0)
+_REQUANT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def requantization_check(tflite_path: str) -> dict[str, Any]:
+    """Requantization ratios of the conv and dense ops of a quantized TFLite file.
+
+    Returns:
+      {"ops": ops checked, "max_ratio", "min_ratio", "outside_xnnpack_range":
+      [{"op", "tensor", "ratio"}] for the ops XNNPACK would refuse}. A float
+      model has no quantized op: ops 0 and no ratios.
+    """
+    interpreter = tf.lite.Interpreter(
+        model_path=tflite_path,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+
+    def scales(index: int) -> np.ndarray:
+        return np.asarray(tensors[index]["quantization_parameters"]["scales"], dtype=np.float64)
+
+    low, high = XNNPACK_REQUANT_RANGE
+    ratios, outside = [], []
+    for op in interpreter._get_ops_details():  # the only public-enough op listing in tf.lite
+        if op["op_name"] not in _REQUANT_OPS:
+            continue
+        x, w, y = scales(op["inputs"][0]), scales(op["inputs"][1]), scales(op["outputs"][0])
+        if not (len(x) and len(w) and len(y)):
+            continue
+        ratio = x[0] * w / y[0]
+        ratios.append(ratio)
+        bad = ratio[(ratio < low) | (ratio >= high)]
+        if len(bad):
+            worst = float(bad.max() if bad.max() >= high else bad.min())
+            outside.append({"op": op["op_name"], "tensor": tensors[op["outputs"][0]]["name"], "ratio": worst})
+    flat = np.concatenate(ratios) if ratios else np.zeros(0)
+    return {
+        "ops": len(ratios),
+        "max_ratio": float(flat.max()) if len(flat) else None,
+        "min_ratio": float(flat.min()) if len(flat) else None,
+        "outside_xnnpack_range": outside,
+    }
+
+
 # ---------------------------------------------------------------- parity and export
 
 
@@ -187,16 +235,6 @@ def _check_parity(results: Mapping[str, Mapping[str, Any]], split: str) -> None:
                 f"with the SavedModel on {result['n']} {split} images; not exporting "
                 "(use --parity_threshold to override)"
             )
-
-
-def _resolve_data_dir(data_dir: str, run_dir: str) -> str:
-    for candidate in (data_dir, os.path.join(run_dir, data_dir)):
-        if os.path.exists(os.path.join(candidate, schema.INFO_FILE)):
-            return candidate
-    raise FileNotFoundError(
-        f"dataset {data_dir} of run {run_dir} not found: export needs its train split "
-        "(int8 calibration) and val split (parity check)"
-    )
 
 
 def fold_dead_squeeze_excite(model: keras.Model, images: np.ndarray) -> list[str]:
@@ -293,7 +331,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     """Writes a complete export into `staging` and returns its metadata; raises ParityError."""
     run_info = runs.read_run_info(run_dir)
     model = runs.load_run_model(run_dir, run_info)
-    data_dir = _resolve_data_dir(run_info["data_dir"], run_dir)
+    data_dir = runs.resolve_data_dir(run_info["data_dir"], run_dir, "export")
     data_info = schema.read_dataset_info(data_dir)
     class_names = [str(c) for c in run_info["class_names"]]
     if list(data_info["class_names"]) != class_names:
@@ -321,6 +359,17 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
         staging, variants, class_names, data_dir, data_info, split, size, channels, options
     )
     _check_parity(results, split)
+    requantization = None
+    if "int8" in variants:
+        requantization = requantization_check(os.path.join(staging, TFLITE_FILES["int8"]))
+        for op in requantization["outside_xnnpack_range"]:
+            logging.warning(
+                "int8 %s %s: requantization ratio %.3g is outside XNNPACK's range; the int8 model "
+                "will run undelegated (several times slower)",
+                op["op"],
+                op["tensor"],
+                op["ratio"],
+            )
 
     run_metrics = None
     if os.path.exists(os.path.join(run_dir, "metrics.json")):
@@ -345,6 +394,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
         "parity": results,
         "tflite_files": sizes,
         "export_options": {**options, "folded_squeeze_excite": folded},
+        "int8_requantization": requantization,
         "flags": runs.read_flags(os.path.join(run_dir, "flags.txt")),
     }
     with open(os.path.join(staging, LABELS_FILE), "w") as f:
@@ -390,7 +440,7 @@ def sweep_logit_adjust_tau(
     """
     run_info = runs.read_run_info(run_dir)
     model = runs.load_run_model(run_dir, run_info)
-    data_dir = _resolve_data_dir(run_info["data_dir"], run_dir)
+    data_dir = runs.resolve_data_dir(run_info["data_dir"], run_dir, "export")
     data_info = schema.read_dataset_info(data_dir)
     class_names = [str(c) for c in run_info["class_names"]]
     size, channels = int(run_info["image_size"]), int(run_info["channels"])

@@ -17,7 +17,7 @@ import numpy as np
 
 # models: importing the registry registers fer_tf's custom layers, so that
 # `model.keras` files that use them load.
-from fer_tf import models  # noqa: F401
+from fer_tf import models, schema  # noqa: F401
 
 
 def read_flags(path: str) -> dict[str, str]:
@@ -60,6 +60,21 @@ def read_run_info(run_dir: str) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}")
     return info
+
+
+def resolve_data_dir(data_dir: str, run_dir: str, user: str) -> str:
+    """The run's converted dataset: `data_dir` as recorded, else relative to the run directory.
+
+    Raises:
+      FileNotFoundError: naming `user` (e.g. "export"), when neither has a dataset_info.json.
+    """
+    for candidate in (data_dir, os.path.join(run_dir, data_dir)):
+        if os.path.exists(os.path.join(candidate, schema.INFO_FILE)):
+            return candidate
+    raise FileNotFoundError(
+        f"dataset {data_dir} of run {run_dir} not found: {user} needs its train split "
+        "(calibration) and val split (scoring)"
+    )
 
 
 def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:

@@ -358,3 +358,35 @@ def test_re_export_keeps_the_model_card(tmp_path):
     export_lib.export_run(run_dir, str(out), int8=False, logit_adjust_tau=0.5)
     assert (out / "MODEL_CARD.md").read_text() == "# card\n"
     assert (out / "metadata.json").read_text() != first  # the export itself was replaced
+
+
+def test_requantization_check_finds_the_op_xnnpack_would_refuse(tmp_path, exported):
+    # A conv whose ReLU output is zero on every calibration image gets a ~1e-8 int8 scale,
+    # so its own requantization ratio is far above XNNPACK's limit (what release v3 met:
+    # a squeeze-excite gate, here not named *_se_* and converted without folding).
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="live")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    dead = keras.layers.Conv2D(2, 1, activation="relu", name="dead")(pooled)
+    gate = keras.layers.Conv2D(4, 1, activation="sigmoid", name="gate")(dead)
+    x = keras.layers.Multiply()([x, gate])
+    outputs = keras.layers.Dense(len(CLASSES))(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    kernel, bias = model.get_layer("dead").get_weights()
+    model.get_layer("dead").set_weights([-np.abs(kernel) - 0.1, bias - 1.0])
+    saved = str(tmp_path / "saved_model")
+    export_lib.build_export_archive(model, list(CLASSES)).write_out(saved, verbose=False)
+    images = class_images(np.arange(20) % len(CLASSES), np.random.default_rng(0))
+    path = str(tmp_path / "dead.tflite")
+    with open(path, "wb") as f:
+        f.write(export_lib.convert_tflite(saved, "int8", images))
+    check = export_lib.requantization_check(path)
+    assert check["ops"] == 4  # live, dead, gate, dense
+    outside = check["outside_xnnpack_range"]
+    assert len(outside) == 1 and "dead" in outside[0]["tensor"] and outside[0]["ratio"] >= 256
+    # The healthy brightness model of the shared export passes, and its metadata says so.
+    with open(os.path.join(exported["out"], "metadata.json")) as f:
+        recorded = json.load(f)["int8_requantization"]
+    assert recorded["ops"] == 2 and recorded["outside_xnnpack_range"] == []
+    assert 2.0**-32 <= recorded["min_ratio"] <= recorded["max_ratio"] < 256
+    assert "WARNING" not in exported["stdout"]

@@ -1,0 +1,236 @@
+"""Weight averaging of training runs ("model soups", Wortsman et al., ICML 2022).
+
+Runs fine-tuned from the same weights (for example two seeds of a fine-tune of
+one release run) usually end in one loss basin, where the average of their
+weights is itself a model, and often a better one than each run: a single
+network, at no inference cost. `make_soup` averages a set of runs into a new
+run directory that export.py takes like any other:
+
+- `uniform`: the average of every run;
+- `greedy`: runs sorted by their own validation score, each added only when
+  the soup's score does not drop (the first run always stays).
+
+BatchNorm moving statistics of an average are not the statistics of the
+averaged network, so `recalibrate_batchnorm` re-estimates them on training
+images after every averaging (as in stochastic weight averaging).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from fer_tf import data, metrics, report, runs, schema
+
+RECIPES = ("uniform", "greedy")
+MONITORS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def average_weights(models: Sequence[keras.Model]) -> list[np.ndarray]:
+    """The element-wise mean of the weights of models with one architecture.
+
+    Raises:
+      ValueError: when there are no models or their weight shapes differ.
+    """
+    if not models:
+        raise ValueError("a soup needs at least one model")
+    shapes = [[tuple(w.shape) for w in model.weights] for model in models]
+    for model, model_shapes in zip(models[1:], shapes[1:], strict=True):
+        if model_shapes != shapes[0]:
+            raise ValueError(
+                f"{model.name} has other weights than {models[0].name}: a soup needs one architecture"
+            )
+    return [np.mean(group, axis=0) for group in zip(*(m.get_weights() for m in models), strict=True)]
+
+
+def recalibrate_batchnorm(model: keras.Model, images: Any, batches: int) -> int:
+    """Re-estimates every BatchNorm layer's moving mean and variance on `images`.
+
+    The estimate is the plain average over `batches` batches: each forward pass
+    in training mode updates the moving statistics with momentum (t-1)/t. The
+    trainable weights are untouched (no gradient step is taken).
+
+    Args:
+      model: modified in place.
+      images: an iterable of float image batches [B,S,S,C] in the model's input range.
+      batches: at most this many batches are used.
+
+    Returns:
+      The number of batches used (0 when the model has no BatchNorm layer).
+    """
+    norms = _batch_norms(model)
+    if not norms:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    used = 0
+    try:
+        for batch in images:
+            if used == batches:
+                break
+            used += 1
+            for layer in norms:
+                layer.momentum = (used - 1) / used
+            model(batch, training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+def _batch_norms(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer in `layer`, nested models included."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    return [norm for inner in getattr(layer, "layers", []) for norm in _batch_norms(inner)]
+
+
+def _score(model: keras.Model, val_ds, class_names: Sequence[str]) -> dict[str, Any]:
+    y_true, logits = metrics.predict_labels(model, val_ds)
+    return metrics.classification_report(y_true, logits, class_names)
+
+
+def _check_runs(run_dirs: Sequence[str]) -> list[dict[str, Any]]:
+    infos = [runs.read_run_info(run_dir) for run_dir in run_dirs]
+    for run_dir, info in zip(run_dirs[1:], infos[1:], strict=True):
+        for key in ("class_names", "image_size", "channels", "model"):
+            if info.get(key) != infos[0].get(key):
+                raise ValueError(
+                    f"{run_dir} differs from {run_dirs[0]} in {key} "
+                    f"({info.get(key)!r} vs {infos[0].get(key)!r}): a soup needs one architecture and dataset"
+                )
+    return infos
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def make_soup(
+    run_dirs: Sequence[str],
+    output_dir: str,
+    *,
+    recipe: str = "greedy",
+    monitor: str = "accuracy",
+    bn_batches: int = 200,
+    batch_size: int = 128,
+    flags_text: str = "",
+    log: Callable[[str], None] = _log,
+) -> dict[str, Any]:
+    """Averages the `model.keras` of finished runs into a new run directory.
+
+    Args:
+      run_dirs: finished runs of one model and dataset (run_info.json, model.keras).
+      output_dir: the soup's run directory; it gets model.keras, run_info.json
+        (with a `soup` record), flags.txt, metrics.json, cost.json and a
+        confusion-matrix plot, so export.py and evaluate.py take it as a run.
+      recipe: "uniform" or "greedy".
+      monitor: validation metric that orders and admits ingredients.
+      bn_batches: training batches for BatchNorm re-estimation (0: keep the
+        averaged statistics).
+      batch_size: batch size of scoring and re-estimation.
+      flags_text: the calling command's flags, written to flags.txt.
+      log: progress messages.
+
+    Returns:
+      The soup's validation metrics, as written to metrics.json.
+
+    Raises:
+      ValueError: on an unknown recipe or monitor, fewer than two runs, or runs
+        that differ in architecture or dataset.
+      FileExistsError: when `output_dir` already holds a model.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    if monitor not in MONITORS:
+        raise ValueError(f"monitor {monitor!r}: expected one of {', '.join(MONITORS)}")
+    if len(run_dirs) < 2:
+        raise ValueError(f"a soup needs at least two runs, got {len(run_dirs)}")
+    if os.path.exists(os.path.join(output_dir, "model.keras")):
+        raise FileExistsError(f"{output_dir} already holds a model.keras; choose another output")
+    start_wall, start_cpu = time.time(), time.process_time()
+    infos = _check_runs(run_dirs)
+    info0 = infos[0]
+    data_dir = runs.resolve_data_dir(info0["data_dir"], run_dirs[0], "soup")
+    dataset_info = schema.read_dataset_info(data_dir)
+    class_names = list(info0["class_names"])
+    size, channels = int(info0["image_size"]), int(info0["channels"])
+    val_ds = data.make_eval_dataset(
+        data_dir, dataset_info, "val", batch_size=batch_size, image_size=size, channels=channels
+    )
+    train_images = data.make_eval_dataset(
+        data_dir, dataset_info, "train", batch_size=batch_size, image_size=size, channels=channels
+    ).map(lambda images, targets: images)
+
+    models = [runs.load_run_model(run_dir, info) for run_dir, info in zip(run_dirs, infos, strict=True)]
+    scores = [_score(model, val_ds, class_names) for model in models]
+    for run_dir, score in zip(run_dirs, scores, strict=True):
+        log(f"ingredient {run_dir}: val {monitor} {score[monitor]:.4f}")
+    order = sorted(range(len(models)), key=lambda i: -scores[i][monitor])
+    soup = keras.models.clone_model(models[order[0]])
+
+    def cook(members: list[int]) -> dict[str, Any]:
+        soup.set_weights(average_weights([models[i] for i in members]))
+        recalibrate_batchnorm(soup, train_images, bn_batches)
+        return _score(soup, val_ds, class_names)
+
+    if recipe == "uniform":
+        members = order
+        result = cook(members)
+    else:
+        members, result = [order[0]], scores[order[0]]
+        for i in order[1:]:
+            trial = cook(members + [i])
+            kept = trial[monitor] >= result[monitor]
+            log(
+                f"greedy: + {run_dirs[i]} -> val {monitor} {trial[monitor]:.4f} ({'kept' if kept else 'dropped'})"
+            )
+            if kept:
+                members, result = members + [i], trial
+        if len(members) == 1:
+            soup.set_weights(models[members[0]].get_weights())
+        elif not kept:
+            result = cook(members)  # the soup holds the last, dropped trial
+    log(
+        f"soup of {len(members)}/{len(models)} runs: val accuracy {result['accuracy']:.4f}  "
+        f"balanced accuracy {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}"
+    )
+    _write_soup_run(
+        output_dir, soup, result, info0, flags_text,
+        record={
+            "recipe": recipe, "monitor": monitor, "bn_batches": bn_batches,
+            "ingredients": [
+                {"run_dir": run_dir, f"val_{monitor}": scores[i][monitor], "in_soup": i in members}
+                for i, run_dir in enumerate(run_dirs)
+            ],
+        },
+        cost={"wall_seconds": round(time.time() - start_wall, 1),
+              "cpu_seconds": round(time.process_time() - start_cpu, 1)},
+    )  # fmt: skip
+    return result
+
+
+def _write_soup_run(output_dir, model, result, info0, flags_text, record, cost) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    model.save(os.path.join(output_dir, "model.keras"))
+    run_info = {key: value for key, value in info0.items() if key != "config"}
+    run_info["params"] = int(model.count_params())
+    run_info["soup"] = record
+    with open(os.path.join(output_dir, "run_info.json"), "w") as f:
+        json.dump(run_info, f, indent=2)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(output_dir, "cost.json"), "w") as f:
+        json.dump(cost, f, indent=2)
+    with open(os.path.join(output_dir, "flags.txt"), "w") as f:
+        f.write(flags_text)
+    report.plot_confusion_matrix(
+        result["confusion_matrix"],
+        list(info0["class_names"]),
+        os.path.join(output_dir, "confusion_matrix.png"),
+    )

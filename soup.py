@@ -1,0 +1,67 @@
+"""Averages the weights of finished runs into one model (a "model soup"; fer_tf/soup.py).
+
+    python soup.py --runs=runs/a,runs/b[,...] --output=runs/soup [--recipe=greedy|uniform]
+        [--monitor=accuracy] [--bn_batches=200]
+
+The runs must share a model and dataset and, to average well, start from the
+same weights (e.g. `train.py --init_weights=` fine-tunes with different seeds).
+The output is a run directory (model.keras, run_info.json, metrics.json, ...)
+that export.py and evaluate.py take like a trained run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from fer_tf.cli import fail
+
+F = flags.FLAGS
+_RUNS = flags.DEFINE_list("runs", None, "Finished run directories to average (at least two).")
+_OUTPUT = flags.DEFINE_string("output", None, "Run directory of the soup (must not hold a model yet).")
+_RECIPE = flags.DEFINE_enum("recipe", "greedy", ["greedy", "uniform"], "Which runs go into the soup.")
+_MONITOR = flags.DEFINE_enum(
+    "monitor", "accuracy", ["accuracy", "balanced_accuracy", "macro_f1"], "Val metric that admits runs."
+)
+_BN_BATCHES = flags.DEFINE_integer(
+    "bn_batches", 200, "Training batches that re-estimate BatchNorm statistics (0: keep the averages)."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of scoring and re-estimation.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
+    if not _RUNS.value or len(_RUNS.value) < 2:
+        fail("--runs needs at least two run directories, e.g. --runs=runs/a,runs/b", 2)
+    if not _OUTPUT.value:
+        fail("--output is required (the soup's run directory, e.g. runs/soup)", 2)
+    for run_dir in _RUNS.value:
+        for name in ("run_info.json", "model.keras"):
+            if not os.path.exists(os.path.join(run_dir, name)):
+                fail(f"{os.path.join(run_dir, name)} not found: is {run_dir} a finished training run?", 2)
+    if _BN_BATCHES.value < 0:
+        fail(f"--bn_batches={_BN_BATCHES.value}: expected 0 or more", 2)
+    # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
+    from fer_tf import soup
+
+    try:
+        soup.make_soup(
+            _RUNS.value,
+            _OUTPUT.value,
+            recipe=_RECIPE.value,
+            monitor=_MONITOR.value,
+            bn_batches=_BN_BATCHES.value,
+            batch_size=_BATCH_SIZE.value,
+            flags_text=F.flags_into_string(),
+        )
+    except FileExistsError as err:
+        fail(str(err), 2)
+    except ValueError as err:  # runs of different models or datasets
+        fail(str(err), 1)
+    print(f"-> {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,114 @@
+"""Tests for fer_tf/soup.py and soup.py: weight averaging of runs into one model."""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from test_export import brightness_model, make_run, run_script
+
+from fer_tf import soup
+
+
+def test_average_weights_is_the_elementwise_mean():
+    a, b = brightness_model(alpha=100.0), brightness_model(alpha=300.0)
+    averaged = soup.average_weights([a, b])
+    expected = brightness_model(alpha=200.0).get_weights()
+    assert len(averaged) == len(expected)
+    for got, want in zip(averaged, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_average_weights_refuses_other_architectures():
+    other = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    with pytest.raises(ValueError, match="one architecture"):
+        soup.average_weights([brightness_model(), other])
+
+
+def test_recalibrate_batchnorm_gives_the_mean_of_the_batch_statistics():
+    inputs = keras.Input((4,))
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(name="inner_bn")])
+    model = keras.Model(inputs, inner(keras.layers.BatchNormalization(name="outer_bn")(inputs)))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=k, scale=1 + k, size=(16, 4)).astype(np.float32) for k in range(5)]
+    used = soup.recalibrate_batchnorm(model, batches, batches=4)
+    assert used == 4
+    outer = model.get_layer("outer_bn")
+    np.testing.assert_allclose(
+        outer.moving_mean.numpy(), np.mean([b.mean(0) for b in batches[:4]], 0), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        outer.moving_variance.numpy(), np.mean([b.var(0) for b in batches[:4]], 0), rtol=1e-4
+    )
+    # The nested model's layer is found too: its input is normalised, so its mean is ~0, not the initial 0 by chance.
+    inner_bn = inner.get_layer("inner_bn")
+    assert np.all(inner_bn.moving_variance.numpy() < 1.0) and outer.momentum == inner_bn.momentum == 0.99
+
+
+def _two_runs(root):
+    """A good run (the brightness classifier) and a bad one (its head negated), on one dataset."""
+    good, arrays = make_run(root)
+    bad = os.path.join(os.path.dirname(good), "bad")
+    shutil.copytree(good, bad)
+    model = brightness_model()
+    kernel, bias = model.get_layer("head").get_weights()
+    model.get_layer("head").set_weights([-kernel, -bias])
+    model.save(os.path.join(bad, "model.keras"))
+    return good, bad, arrays
+
+
+def test_greedy_soup_drops_a_harmful_run_and_uniform_keeps_it(tmp_path):
+    good, bad, arrays = _two_runs(str(tmp_path))
+    greedy = soup.make_soup([bad, good], str(tmp_path / "greedy"), recipe="greedy", log=lambda m: None)
+    uniform = soup.make_soup([bad, good], str(tmp_path / "uniform"), recipe="uniform", log=lambda m: None)
+    x_val, y_val = arrays["val"]
+    good_accuracy = np.mean(brightness_model().predict(x_val / 255.0, verbose=0).argmax(-1) == y_val)
+    assert greedy["accuracy"] == pytest.approx(good_accuracy) and good_accuracy > 0.9
+    # The uniform average of a head and its negation is all zeros: every image gets class 0.
+    assert uniform["accuracy"] == pytest.approx(np.mean(y_val == 0))
+    with open(tmp_path / "greedy" / "run_info.json") as f:
+        record = json.load(f)["soup"]
+    assert [i["in_soup"] for i in record["ingredients"]] == [False, True]
+    assert record["recipe"] == "greedy" and record["ingredients"][1]["val_accuracy"] == pytest.approx(
+        good_accuracy
+    )
+    for name in ("model.keras", "metrics.json", "flags.txt", "cost.json", "confusion_matrix.png"):
+        assert os.path.exists(tmp_path / "greedy" / name), name
+
+
+def test_soup_cli_output_exports_like_a_run(tmp_path):
+    first, _, _ = _two_runs(str(tmp_path))
+    second = os.path.join(os.path.dirname(first), "second")
+    shutil.copytree(first, second)
+    brightness_model(alpha=200.0).save(os.path.join(second, "model.keras"))
+    out = str(tmp_path / "soup")
+    proc = run_script("soup.py", f"--runs={first},{second}", f"--output={out}", "--recipe=uniform")
+    assert proc.returncode == 0, proc.stderr
+    averaged = keras.models.load_model(os.path.join(out, "model.keras")).get_layer("head").get_weights()
+    np.testing.assert_allclose(
+        averaged[0], brightness_model(alpha=250.0).get_layer("head").get_weights()[0], rtol=1e-6
+    )
+    proc = run_script("export.py", f"--run={out}", f"--output={tmp_path / 'export'}", "--noint8")
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.exists(tmp_path / "export" / "model_float32.tflite")
+    again = run_script("soup.py", f"--runs={first},{second}", f"--output={out}")
+    assert again.returncode == 2 and "already holds" in again.stderr
+
+
+def test_soup_cli_errors(tmp_path):
+    first, _, _ = _two_runs(str(tmp_path))
+    one = run_script("soup.py", f"--runs={first}", f"--output={tmp_path / 'x'}")
+    assert one.returncode == 2 and "at least two" in one.stderr
+    missing = run_script("soup.py", f"--runs={first},{tmp_path / 'nope'}", f"--output={tmp_path / 'x'}")
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    other = os.path.join(os.path.dirname(first), "other")
+    shutil.copytree(first, other)
+    with open(os.path.join(other, "run_info.json")) as f:
+        info = json.load(f)
+    info["image_size"] = 64
+    with open(os.path.join(other, "run_info.json"), "w") as f:
+        json.dump(info, f)
+    mixed = run_script("soup.py", f"--runs={first},{other}", f"--output={tmp_path / 'x'}")
+    assert mixed.returncode == 1 and "image_size" in mixed.stderr
