@@ -11,8 +11,14 @@ run directory that export.py takes like any other:
   the soup's score does not drop (the first run always stays).
 
 BatchNorm moving statistics of an average are not the statistics of the
-averaged network, so `recalibrate_batchnorm` re-estimates them on training
-images after every averaging (as in stochastic weight averaging).
+averaged network; `recalibrate_batchnorm` can re-estimate them on clean
+training images (as stochastic weight averaging does), but by default the
+averaged statistics are kept. Measured on FER2013 with two FERNet x1.0 fine-tunes
+of release v3 (PublicTest accuracy 68.57% and 68.60%): their soup reached 68.90%
+with averaged statistics and 65.14% with statistics re-estimated on 200 clean
+training batches. The network was trained under augmentation (erasing, contrast,
+affine), and its later layers expect activations normalised by the statistics of
+augmented images.
 """
 
 from __future__ import annotations
@@ -117,7 +123,7 @@ def make_soup(
     *,
     recipe: str = "greedy",
     monitor: str = "accuracy",
-    bn_batches: int = 200,
+    bn_batches: int = 0,
     batch_size: int = 128,
     flags_text: str = "",
     log: Callable[[str], None] = _log,
@@ -131,8 +137,8 @@ def make_soup(
         confusion-matrix plot, so export.py and evaluate.py take it as a run.
       recipe: "uniform" or "greedy".
       monitor: validation metric that orders and admits ingredients.
-      bn_batches: training batches for BatchNorm re-estimation (0: keep the
-        averaged statistics).
+      bn_batches: clean training batches for BatchNorm re-estimation (0: keep
+        the averaged statistics, the default; see the module docstring).
       batch_size: batch size of scoring and re-estimation.
       flags_text: the calling command's flags, written to flags.txt.
       log: progress messages.
