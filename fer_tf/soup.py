@@ -189,7 +189,7 @@ def make_soup(
         members = order
         result = cook(members)
     else:
-        members, result = [order[0]], scores[order[0]]
+        members, result, weights = [order[0]], scores[order[0]], models[order[0]].get_weights()
         for i in order[1:]:
             trial = cook(members + [i])
             kept = trial[monitor] >= result[monitor]
@@ -197,11 +197,8 @@ def make_soup(
                 f"greedy: + {run_dirs[i]} -> val {monitor} {trial[monitor]:.4f} ({'kept' if kept else 'dropped'})"
             )
             if kept:
-                members, result = members + [i], trial
-        if len(members) == 1:
-            soup.set_weights(models[members[0]].get_weights())
-        elif not kept:
-            result = cook(members)  # the soup holds the last, dropped trial
+                members, result, weights = members + [i], trial, soup.get_weights()
+        soup.set_weights(weights)  # the soup may hold the last, dropped trial
     log(
         f"soup of {len(members)}/{len(models)} runs: val accuracy {result['accuracy']:.4f}  "
         f"balanced accuracy {result['balanced_accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}"

@@ -76,6 +76,10 @@ def test_greedy_soup_drops_a_harmful_run_and_uniform_keeps_it(tmp_path):
     )
     for name in ("model.keras", "metrics.json", "flags.txt", "cost.json", "confusion_matrix.png"):
         assert os.path.exists(tmp_path / "greedy" / name), name
+    # The saved soup is the kept one, not the last (dropped) trial.
+    saved = keras.models.load_model(tmp_path / "greedy" / "model.keras")
+    for got, want in zip(saved.get_weights(), brightness_model().get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_soup_cli_output_exports_like_a_run(tmp_path):
