@@ -68,11 +68,12 @@ def recalibrate_batchnorm(model: keras.Model, images: Any, batches: int) -> int:
       batches: at most this many batches are used.
 
     Returns:
-      The number of batches used (0 when the model has no BatchNorm layer).
+      The number of batches used (0 when the model has no BatchNorm layer or
+      `batches` is 0).
     """
     norms = _batch_norms(model)
-    if not norms:
-        return 0
+    if not norms or batches < 1:
+        return 0  # without reading a batch: the loop below pulls one before it can stop
     momenta = [layer.momentum for layer in norms]
     used = 0
     try:

@@ -33,6 +33,10 @@ def test_recalibrate_batchnorm_gives_the_mean_of_the_batch_statistics():
     model = keras.Model(inputs, inner(keras.layers.BatchNormalization(name="outer_bn")(inputs)))
     rng = np.random.default_rng(0)
     batches = [rng.normal(loc=k, scale=1 + k, size=(16, 4)).astype(np.float32) for k in range(5)]
+    stream = iter(batches)
+    assert soup.recalibrate_batchnorm(model, stream, batches=0) == 0
+    assert next(stream) is batches[0]  # nothing was read
+    np.testing.assert_array_equal(model.get_layer("outer_bn").moving_mean.numpy(), np.zeros(4))
     used = soup.recalibrate_batchnorm(model, batches, batches=4)
     assert used == 4
     outer = model.get_layer("outer_bn")
