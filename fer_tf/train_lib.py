@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import augment, data, losses, metrics, model_tools, models, report, schema
+from fer_tf import augment, data, distill, losses, metrics, model_tools, models, report, schema
 from fer_tf import callbacks as cb
 from fer_tf.optim import make_optimizer
 
@@ -51,6 +51,11 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     soft_labels: bool = False
+    # distillation: a teacher run or .keras file ("" off), see fer_tf.distill
+    teacher: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
+    teacher_flip: bool = True
     # loss
     loss: str = "crossentropy"
     label_smoothing: float = 0.0
@@ -210,6 +215,14 @@ def _train_input(config, info, strategy, epoch_var):
         seed=config.seed,
         input_context=context,
     )
+    if config.teacher:
+        teacher = distill.load_teacher(config.teacher)
+        distill.check_teacher(
+            teacher, (config.image_size, config.image_size, config.channels), len(info["class_names"])
+        )
+        ds = distill.distill_targets(
+            ds, teacher, config.distill_weight, config.distill_temperature, flip=config.teacher_flip
+        )
     if context is not None:
         # Files are already split per worker; Keras splits each global batch over replicas.
         options = tf.data.Options()
@@ -379,6 +392,8 @@ def _hparams(config: TrainConfig) -> dict[str, Any]:
         "schedule",
         "mixup_alpha",
         "cutmix_alpha",
+        "teacher",
+        "distill_weight",
         "seed",
     )
     return {k: getattr(config, k) for k in keys}

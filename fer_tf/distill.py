@@ -1,0 +1,91 @@
+"""Knowledge distillation: a teacher's predictions blended into the training targets.
+
+The teacher sees exactly the batch the student sees, augmentation and mixup
+included ("consistent teaching", Beyer et al. 2022), and the target becomes
+
+    (1 - weight) * label + weight * softmax(teacher_logits / temperature)
+
+averaged over the image and its mirror with `flip`, so a student can learn the
+flip test-time augmentation of its teacher without paying for it at inference.
+At temperature 1 the cross-entropy to these targets is Hinton's distillation
+loss plus a constant; the temperature here only softens the teacher.
+
+The teacher runs inside the tf.data pipeline, so `model.fit`, checkpoints and
+the saved student are those of any other run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+
+def load_teacher(path: str) -> keras.Model:
+    """Loads a teacher from a run directory (its `model.keras`) or a `.keras` file.
+
+    Raises:
+      FileNotFoundError: when there is no model at `path`.
+    """
+    model_path = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not model_path.endswith(".keras") or not os.path.isfile(model_path):
+        raise FileNotFoundError(f"no teacher model at {path}: expected a run directory or a .keras file")
+    teacher = keras.models.load_model(model_path, compile=False)
+    teacher.trainable = False
+    return teacher
+
+
+def check_teacher(teacher: keras.Model, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Raises ValueError when the teacher does not take the student's input or predict its classes."""
+    got_input = tuple(teacher.input_shape[1:])
+    got_classes = teacher.output_shape[-1]
+    if got_input != tuple(input_shape) or got_classes != num_classes:
+        raise ValueError(
+            f"teacher takes {got_input} and predicts {got_classes} classes; "
+            f"the student takes {tuple(input_shape)} and predicts {num_classes}"
+        )
+
+
+def teacher_probabilities(
+    teacher: keras.Model, images: tf.Tensor, temperature: float = 1.0, flip: bool = False
+) -> tf.Tensor:
+    """softmax(teacher(images) / temperature), averaged with the mirrored images' with `flip`."""
+    views = tf.concat([images, tf.reverse(images, axis=[2])], axis=0) if flip else images
+    logits = tf.cast(teacher(views, training=False), tf.float32)
+    probs = tf.nn.softmax(logits / temperature, axis=-1)
+    if flip:
+        probs = tf.reduce_mean(tf.stack(tf.split(probs, 2, axis=0)), axis=0)
+    return probs
+
+
+def distill_targets(
+    ds: tf.data.Dataset,
+    teacher: keras.Model,
+    weight: float,
+    temperature: float = 1.0,
+    flip: bool = False,
+) -> tf.data.Dataset:
+    """Maps (images, targets) batches to (images, targets blended with the teacher's predictions).
+
+    Args:
+      ds: batched training dataset of (images [B,S,S,C], targets [B,K]).
+      teacher: a model from the same images to K logits.
+      weight: share of the teacher in the targets, in (0, 1].
+      temperature: teacher softmax temperature (> 0).
+      flip: average the teacher over each image and its mirror.
+
+    Returns:
+      The dataset with blended targets, prefetched.
+    """
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"distillation weight must be in (0, 1], got {weight}")
+    if temperature <= 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    predict = tf.function(lambda images: teacher_probabilities(teacher, images, temperature, flip))
+
+    def blend(images, targets):
+        soft = predict(images)
+        return images, (1.0 - weight) * targets + weight * tf.cast(soft, targets.dtype)
+
+    return ds.map(blend).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,116 @@
+"""Knowledge distillation (fer_tf.distill): blended targets, the flip teacher, and a distilled run."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fer_tf import data, distill, schema, train_lib
+
+
+def _teacher(seed=0, num_classes=7, input_shape=(48, 48, 1)):
+    """A small random network that is not mirror-symmetric, so its answers differ between views."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.5)),
+        ]
+    )
+
+
+def _batches(images, targets):
+    return tf.data.Dataset.from_tensor_slices((images, targets)).batch(4)
+
+
+def test_targets_blend_labels_with_the_teachers_probabilities():
+    teacher = _teacher()
+    images = np.random.default_rng(0).random((8, 48, 48, 1), dtype=np.float32)
+    labels = tf.one_hot(np.arange(8) % 7, 7).numpy()
+    blended = np.concatenate(
+        [y for _, y in distill.distill_targets(_batches(images, labels), teacher, 0.3, temperature=2.0)]
+    )
+    probs = tf.nn.softmax(teacher(images, training=False) / 2.0).numpy()
+    np.testing.assert_allclose(blended, 0.7 * labels + 0.3 * probs, atol=1e-5)
+    np.testing.assert_allclose(blended.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_flip_teacher_averages_the_image_and_its_mirror():
+    teacher = _teacher(1)
+    images = np.random.default_rng(1).random((4, 48, 48, 1), dtype=np.float32)
+    got = distill.teacher_probabilities(teacher, tf.constant(images), flip=True).numpy()
+    plain = tf.nn.softmax(teacher(images, training=False)).numpy()
+    mirrored = tf.nn.softmax(teacher(images[:, :, ::-1], training=False)).numpy()
+    np.testing.assert_allclose(got, (plain + mirrored) / 2, atol=1e-5)
+    assert not np.allclose(plain, mirrored, atol=1e-3), "random images should not be mirror-symmetric"
+    # A symmetric image gives the same answer with or without the mirror.
+    symmetric = np.concatenate([images[:, :, :24], images[:, :, :24][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(
+        distill.teacher_probabilities(teacher, tf.constant(symmetric), flip=True),
+        tf.nn.softmax(teacher(symmetric, training=False)),
+        atol=1e-5,
+    )
+
+
+def test_teacher_must_match_the_student():
+    teacher = _teacher()
+    distill.check_teacher(teacher, (48, 48, 1), 7)
+    with pytest.raises(ValueError, match="predicts 8 classes"):
+        distill.check_teacher(_teacher(num_classes=8), (48, 48, 1), 7)
+    with pytest.raises(ValueError, match=r"\(64, 64, 1\)"):
+        distill.check_teacher(teacher, (64, 64, 1), 7)
+    with pytest.raises(ValueError, match=r"takes \(48, 48, 3\)"):
+        distill.check_teacher(_teacher(input_shape=(48, 48, 3)), (48, 48, 1), 7)
+
+
+@pytest.mark.parametrize("weight, temperature", [(0.0, 1.0), (1.5, 1.0), (0.5, 0.0)])
+def test_bad_weight_or_temperature_is_refused(weight, temperature):
+    ds = _batches(np.zeros((4, 48, 48, 1), np.float32), np.eye(7, dtype=np.float32)[:4])
+    with pytest.raises(ValueError, match="distillation"):
+        distill.distill_targets(ds, _teacher(), weight, temperature)
+
+
+def test_missing_teacher_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no teacher model"):
+        distill.load_teacher(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no teacher model"):
+        distill.load_teacher(str(tmp_path / "teacher.h5"))
+
+
+def test_distilled_run_learns_the_teachers_answers(synthetic_data_dir, tmp_path):
+    """Pure distillation (weight 1) from a teacher that always says 'disgust' trains a student
+    that says 'disgust', whatever the labels: the targets really come from the teacher."""
+    teacher = _teacher(2)
+    head = teacher.layers[-1]
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.where(np.arange(7) == 1, 5.0, 0.0).astype(bias.dtype)])
+    teacher_path = str(tmp_path / "teacher.keras")
+    teacher.save(teacher_path)
+    config = train_lib.TrainConfig(
+        run_dir=str(tmp_path / "student"),
+        data_dir=synthetic_data_dir,
+        model_kwargs={"width": 0.25},
+        batch_size=32,
+        epochs=2,
+        steps_per_epoch=8,
+        learning_rate=3e-3,
+        warmup_epochs=0.0,
+        teacher=teacher_path,
+        distill_weight=1.0,
+        verbose=0,
+    )
+    train_lib.train(config)
+    with open(os.path.join(config.run_dir, "run_info.json")) as f:
+        assert json.load(f)["config"]["teacher"] == teacher_path
+    student = keras.models.load_model(os.path.join(config.run_dir, "model.keras"), compile=False)
+    info = schema.read_dataset_info(synthetic_data_dir)
+    images = np.concatenate(
+        [x for x, _ in data.make_eval_dataset(synthetic_data_dir, info, "val", batch_size=70)]
+    )
+    predicted = student.predict(images, verbose=0).argmax(axis=1)
+    assert (predicted == 1).mean() > 0.9
