@@ -5,8 +5,8 @@ included ("consistent teaching", Beyer et al. 2022), and the target becomes
 
     (1 - weight) * label + weight * softmax(teacher_logits / temperature)
 
-averaged over the image and its mirror with `flip`, so a student can learn the
-flip test-time augmentation of its teacher without paying for it at inference.
+averaged over the image and its mirror with `flip` (release v5 learnt from such a
+teacher, but kept needing flip test-time augmentation as much as before).
 At temperature 1 the cross-entropy to these targets is Hinton's distillation
 loss plus a constant; the temperature here only softens the teacher.
 
