@@ -55,7 +55,8 @@ def teacher_probabilities(
     logits = tf.cast(teacher(views, training=False), tf.float32)
     probs = tf.nn.softmax(logits / temperature, axis=-1)
     if flip:
-        probs = tf.reduce_mean(tf.stack(tf.split(probs, 2, axis=0)), axis=0)
+        plain, mirrored = tf.split(probs, 2, axis=0)
+        probs = (plain + mirrored) / 2.0
     return probs
 
 
@@ -82,10 +83,9 @@ def distill_targets(
         raise ValueError(f"distillation weight must be in (0, 1], got {weight}")
     if temperature <= 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
-    predict = tf.function(lambda images: teacher_probabilities(teacher, images, temperature, flip))
 
-    def blend(images, targets):
-        soft = predict(images)
+    def blend(images, targets):  # traced into a graph by map
+        soft = teacher_probabilities(teacher, images, temperature, flip)
         return images, (1.0 - weight) * targets + weight * tf.cast(soft, targets.dtype)
 
     return ds.map(blend).prefetch(tf.data.AUTOTUNE)
