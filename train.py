@@ -44,6 +44,11 @@ def define_recipe_flags(epochs: int = 30) -> None:
     flags.DEFINE_integer("image_size", 48, "Side of the square model input.")
     flags.DEFINE_integer("channels", 1, "1 (grayscale) or 3.")
     flags.DEFINE_string("init_weights", "", "Weights file to load by layer name (mismatched head skipped).")
+    flags.DEFINE_boolean(
+        "init_widen",
+        False,
+        "Embed a narrower --init_weights model (lower --width), computing the same function.",
+    )
     flags.DEFINE_integer("batch_size", 64, "Global batch size.")
     flags.DEFINE_integer("epochs", epochs, "Epochs; one epoch = train examples // batch size steps.")
     flags.DEFINE_integer("steps_per_epoch", 0, "Override the steps of one epoch (0: from the data).")

@@ -14,6 +14,7 @@ import os
 import re
 
 import keras
+import numpy as np
 from keras import layers
 
 from fer_tf.models import HEAD
@@ -98,21 +99,32 @@ def _h5_weights_by_name(model: keras.Model, path: str) -> dict[str, list]:
     return weights
 
 
-def load_init_weights(model: keras.Model, path: str) -> tuple[list[str], list[str]]:
+def load_init_weights(model: keras.Model, path: str, *, widen: bool = False) -> tuple[list[str], list[str]]:
     """Initialises `model` from a `.keras` or `.weights.h5` file, layer by layer name.
 
     Layers whose weights are missing from the file or differ in shape (e.g. a
     head for another number of classes) keep their initial values and are
-    reported.
+    reported. With `widen`, a layer whose file weights fit inside its own (a
+    narrower model of the same architecture, e.g. FERNet x1.0 into x1.3) is
+    embedded instead, so that the wider model computes the same function
+    (`embed_narrow_weights`).
 
     Args:
       model: the model to initialise, modified in place.
       path: a `.keras` model (matched by layer name) or `.weights.h5` file.
+      widen: embed narrower weights instead of skipping them (`.keras` only).
 
     Returns:
       (loaded, skipped): names of the layers with weights that were loaded and
       that were left as initialised.
+
+    Raises:
+      ValueError: for an unusable file, or when a widened model that loaded
+        every layer does not reproduce the file's outputs (channels mixed by a
+        layer other than Conv2D, SeparableConv2D or Dense, e.g. VGG's Flatten).
     """
+    if widen and not path.endswith(".keras"):
+        raise ValueError(f"--init_widen needs a .keras model to widen, got {path}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"init weights not found: {path}")
     if path.endswith(".keras"):
@@ -128,6 +140,8 @@ def load_init_weights(model: keras.Model, path: str) -> tuple[list[str], list[st
             continue
         values = weights.get(layer.name)
         shapes = [tuple(w.shape) for w in layer.weights]
+        if widen and values is not None and _fits_inside(layer, values):
+            values = embed_narrow_weights(layer, values)
         if values is None or [tuple(v.shape) for v in values] != shapes:
             found = None if values is None else [tuple(v.shape) for v in values]
             logging.warning("init weights: skip %s (model %s, file %s)", layer.name, shapes, found)
@@ -137,4 +151,49 @@ def load_init_weights(model: keras.Model, path: str) -> tuple[list[str], list[st
         loaded.append(layer.name)
     if not loaded:
         raise ValueError(f"no layer of {model.name!r} matches {path} by name and shape")
+    if widen and not skipped:
+        _check_same_function(source, model)
     return loaded, skipped
+
+
+def _check_same_function(source: keras.Model, model: keras.Model) -> None:
+    images = np.random.default_rng(0).random((4, *model.input_shape[1:]), dtype=np.float32)
+    want = np.asarray(source(images, training=False))
+    error = float(np.abs(np.asarray(model(images, training=False)) - want).max())
+    if error > 1e-3 * max(1.0, float(np.abs(want).max())):
+        raise ValueError(
+            f"widening {source.name} does not preserve its outputs (max difference {error:.3g}): "
+            "it mixes channels outside Conv2D/SeparableConv2D/Dense kernels (e.g. a Flatten)"
+        )
+
+
+def _fits_inside(layer: keras.layers.Layer, values: list) -> bool:
+    if len(values) != len(layer.weights) or any(
+        v.ndim != len(w.shape) for v, w in zip(values, layer.weights)
+    ):
+        return False
+    if layer.name == HEAD and values[0].shape[-1] != layer.weights[0].shape[-1]:
+        return False  # a head for other classes is re-learnt, not embedded
+    return all(all(a <= b for a, b in zip(v.shape, w.shape)) for v, w in zip(values, layer.weights))
+
+
+def embed_narrow_weights(layer: keras.layers.Layer, values: list) -> list:
+    """The layer's own weights with a narrower copy of it (`values`) embedded, function-preservingly.
+
+    Net2WiderNet (Chen et al. 2016) with zero-initialised crossings: each weight
+    keeps its initial values, the narrow values overwrite its leading slice, and
+    in a channel-mixing kernel (Conv2D, Dense) the block from the new input
+    channels to the old output channels is zeroed. The new channels are then
+    invisible to the old ones, so the wider network computes the narrow one's
+    outputs exactly, while they still receive gradients and learn. Channel-wise
+    weights (depthwise kernels, batch norm, biases) need no zeroing.
+    """
+    mixing = isinstance(layer, (layers.Conv2D, layers.Dense))
+    out = []
+    for variable, narrow in zip(layer.weights, values):
+        full = np.array(variable.numpy())
+        if (mixing and full.ndim >= 2) or variable.path.endswith("pointwise_kernel"):
+            full[..., narrow.shape[-2] :, : narrow.shape[-1]] = 0.0
+        full[tuple(slice(0, n) for n in narrow.shape)] = narrow
+        out.append(full)
+    return out

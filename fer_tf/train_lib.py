@@ -39,6 +39,7 @@ class TrainConfig:
     image_size: int = 48
     channels: int = 1
     init_weights: str = ""
+    init_widen: bool = False  # embed a narrower init_weights model (model_tools.embed_narrow_weights)
     crt_from: str = ""  # cRT: re-fit only the head of this finished run
     # input
     batch_size: int = 64
@@ -268,7 +269,7 @@ def _build_model(config: TrainConfig, num_classes: int) -> keras.Model:
         return model
     model = models.build_model(config.model, num_classes, input_shape, **dict(config.model_kwargs))
     if config.init_weights:
-        loaded, skipped = model_tools.load_init_weights(model, config.init_weights)
+        loaded, skipped = model_tools.load_init_weights(model, config.init_weights, widen=config.init_widen)
         print(f"init_weights: loaded {len(loaded)} layers, skipped {len(skipped)}: {skipped}")
     return model
 

@@ -111,6 +111,76 @@ def test_load_init_weights_rejects_unrelated_file(tmp_path):
         model_tools.load_init_weights(models.build_model("fernet", 7), str(tmp_path / "missing.keras"))
 
 
+def _randomised(model: keras.Model, seed: int) -> keras.Model:
+    """The model with every weight random, BN statistics included, so no output is trivial."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        low = 0.5 if "variance" in variable.path or "gamma" in variable.path else -0.5
+        variable.assign(rng.uniform(low, low + 1.0, shape).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize(
+    "name,narrow,wide", [("fernet", 0.5, 0.75), ("resnet18", 0.25, 0.5), ("mini_xception", 0.5, 1.0)]
+)
+def test_load_init_weights_widen_preserves_the_function(name, narrow, wide, tmp_path):
+    path = str(tmp_path / "narrow.keras")
+    source = _randomised(models.build_model(name, 7, width=narrow), seed=1)
+    source.save(path)
+    target = models.build_model(name, 7, width=wide)
+    assert target.count_params() > 1.5 * source.count_params()
+    with_layers = [layer.name for layer in target.layers if layer.weights]
+
+    loaded, skipped = model_tools.load_init_weights(target, path, widen=True)
+
+    assert skipped == [] and loaded == with_layers
+    images = np.random.default_rng(2).random((4, 48, 48, 1), dtype=np.float32)
+    want = source(images, training=False).numpy()
+    np.testing.assert_allclose(target(images, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+    assert np.abs(want).max() > 1e-2  # a non-trivial function was preserved
+
+
+def test_widened_channels_are_fresh_and_learn(tmp_path):
+    path = str(tmp_path / "narrow.keras")
+    _randomised(models.build_model("fernet", 7, width=0.5), seed=3).save(path)
+    target = models.build_model("fernet", 7, width=0.75)
+    fresh = {w.path: w.numpy().copy() for w in target.weights}
+    model_tools.load_init_weights(target, path, widen=True)
+    project = target.get_layer("stage4_block1_project_conv")
+    kernel = project.kernel.numpy()
+    narrow_in, narrow_out = keras.models.load_model(path).get_layer(project.name).kernel.shape[-2:]
+    # New inputs -> old outputs: zero. New outputs keep their fresh initial values.
+    assert not kernel[..., narrow_in:, :narrow_out].any()
+    np.testing.assert_array_equal(kernel[..., narrow_out:], fresh[project.kernel.path][..., narrow_out:])
+    depthwise = target.get_layer("stage4_block1_dw").weights[0].numpy()
+    assert depthwise[..., narrow_in:, :].any()  # channel-wise: new channels are not silenced
+
+    images = np.random.default_rng(4).random((8, 48, 48, 1), dtype=np.float32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(target(images, training=True) ** 2)
+    grad = tape.gradient(loss, project.kernel).numpy()
+    assert np.abs(grad[..., narrow_in:, :narrow_out]).max() > 0  # the zero block is trained
+
+
+def test_widen_refuses_what_it_cannot_preserve(tmp_path):
+    path = str(tmp_path / "narrow.keras")
+    _randomised(models.build_model("vgg", 7, width=0.25), seed=5).save(path)
+    with pytest.raises(ValueError, match="does not preserve its outputs.*Flatten"):
+        model_tools.load_init_weights(models.build_model("vgg", 7, width=0.5), path, widen=True)
+    with pytest.raises(ValueError, match="needs a .keras model"):
+        model_tools.load_init_weights(
+            models.build_model("vgg", 7), str(tmp_path / "w.weights.h5"), widen=True
+        )
+
+
+def test_widen_skips_a_head_for_other_classes(tmp_path):
+    path = str(tmp_path / "narrow.keras")
+    models.build_model("fernet", 6, width=0.5).save(path)
+    _, skipped = model_tools.load_init_weights(models.build_model("fernet", 7, width=0.75), path, widen=True)
+    assert skipped == ["head"]
+
+
 def test_backbone_and_head_freezes_all_but_head():
     model = models.build_model("fernet", 7)
     backbone, head = model_tools.backbone_and_head(model)
