@@ -180,9 +180,10 @@ def _fits_inside(layer: keras.layers.Layer, values: list) -> bool:
 def embed_narrow_weights(layer: keras.layers.Layer, values: list) -> list:
     """The layer's own weights with a narrower copy of it (`values`) embedded, function-preservingly.
 
-    Net2WiderNet (Chen et al. 2016) with zero-initialised crossings: each weight
-    keeps its initial values, the narrow values overwrite its leading slice, and
-    in a channel-mixing kernel (Conv2D, Dense) the block from the new input
+    Function-preserving widening as in Net2Net (Chen et al. 2016), but with fresh
+    units instead of copies of old ones: each weight keeps its initial values,
+    the narrow values overwrite its leading slice, and in a channel-mixing kernel
+    (Conv2D, SeparableConv2D's pointwise, Dense) the block from the new input
     channels to the old output channels is zeroed. The new channels are then
     invisible to the old ones, so the wider network computes the narrow one's
     outputs exactly, while they still receive gradients and learn. Channel-wise
