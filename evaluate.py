@@ -46,7 +46,12 @@ _SPLIT = flags.DEFINE_string(
     "folder images; val (else test) of a TFRecord directory.",
 )  # fmt: skip
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Write metrics.json and plots here.")
-_TTA = flags.DEFINE_enum("tta", "none", ["none", "flip"], "flip: average with the mirrored image.")
+_TTA = flags.DEFINE_enum(
+    "tta",
+    "none",
+    ["none", "flip", "zoom"],
+    "Average with the mirrored image (flip) or the centre zoomed 1.09x (zoom).",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per model call.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "TFLite interpreter threads.")
 _LABELS = flags.DEFINE_string(

@@ -54,6 +54,16 @@ class ParityError(RuntimeError):
 # ---------------------------------------------------------------- SavedModel
 
 
+def tta_views(x: tf.Tensor, flip: bool = False, zoom: float = 0.0) -> list[tf.Tensor]:
+    """The test-time views of a float batch `[N, S, S, C]`: itself, its mirror, its centre zoom."""
+    views = [x]
+    if flip:
+        views.append(tf.reverse(x, axis=[2]))
+    if zoom:
+        views.append(data.center_zoom(x, zoom))
+    return views
+
+
 def build_export_archive(
     model: keras.Model,
     class_names: Sequence[str],
@@ -61,6 +71,7 @@ def build_export_archive(
     logit_adjust_tau: float = 0.0,
     log_prior: np.ndarray | None = None,
     tta_flip: bool = False,
+    tta_zoom: float = 0.0,
 ) -> keras.export.ExportArchive:
     """Builds the `serving_default` and `lite` endpoints around `model`.
 
@@ -71,6 +82,8 @@ def build_export_archive(
         `logits - tau * log_prior` before the softmax.
       log_prior: log training class priors `[K]`, needed when tau != 0.
       tta_flip: average the probabilities of each image and its mirror.
+      tta_zoom: when > 1, also average in the image zoomed in on its centre by
+        this factor (`data.center_zoom`).
 
     Returns:
       The archive; call `write_out(path)`.
@@ -81,11 +94,12 @@ def build_export_archive(
         adjustment = (logit_adjust_tau * np.asarray(log_prior)).astype(np.float32)
 
     def probabilities(x):
-        if tta_flip:
-            logits = model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=False)
-            both = tf.nn.softmax(logits - adjustment, axis=-1)
-            return 0.5 * tf.add_n(tf.split(both, 2, axis=0))
-        return tf.nn.softmax(model(x, training=False) - adjustment, axis=-1)
+        views = tta_views(x, tta_flip, tta_zoom)
+        if len(views) == 1:
+            return tf.nn.softmax(model(x, training=False) - adjustment, axis=-1)
+        logits = model(tf.concat(views, axis=0), training=False)
+        every = tf.nn.softmax(logits - adjustment, axis=-1)
+        return tf.add_n(tf.split(every, len(views), axis=0)) / float(len(views))
 
     def serve(images):
         # The signature's channel count is dynamic, preprocess_for_eval needs it
@@ -312,7 +326,13 @@ def _measure(staging, variants, class_names, data_dir, data_info, split, image_s
     return results, exported
 
 
-def _preprocessing(image_size: int, channels: int, logit_adjust_tau: float, tta_flip: bool) -> dict[str, Any]:
+def _preprocessing(
+    image_size: int, channels: int, logit_adjust_tau: float, tta_flip: bool, tta_zoom: float
+) -> dict[str, Any]:
+    views = ["the mirrored image"] if tta_flip else []
+    if tta_zoom:
+        margin = data.zoom_margin(image_size, tta_zoom)
+        views.append(f"the central {image_size - 2 * margin} px zoomed back to {image_size} (bilinear)")
     return {
         "function": "fer_tf.data.preprocess_for_eval",
         "input": "uint8 pixels [N, H, W, 1|3|4] (RGB order; alpha dropped), any H and W",
@@ -323,7 +343,8 @@ def _preprocessing(image_size: int, channels: int, logit_adjust_tau: float, tta_
         "logit_adjust_tau": float(logit_adjust_tau),
         "logit_adjustment": "softmax(logits - tau * log(train class prior))" if logit_adjust_tau else None,
         "tta_flip": bool(tta_flip),
-        "output": "softmax probabilities" + (" averaged with the mirrored image" if tta_flip else ""),
+        "tta_zoom": round(data.effective_zoom(image_size, tta_zoom), 4) if tta_zoom else 0.0,
+        "output": "softmax probabilities" + (" averaged with " + " and ".join(views) if views else ""),
     }
 
 
@@ -352,7 +373,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
             logging.info("folded squeeze-excite blocks with an all-zero squeeze: %s", ", ".join(folded))
     log_prior = runs.train_log_prior(run_info, data_info) if tau else None
     archive = build_export_archive(model, class_names, logit_adjust_tau=tau, log_prior=log_prior,
-                                   tta_flip=options["tta_flip"])  # fmt: skip
+                                   tta_flip=options["tta_flip"], tta_zoom=options["tta_zoom"])  # fmt: skip
     archive.write_out(os.path.join(staging, SAVED_MODEL_DIR), verbose=False)
     sizes = _convert_variants(staging, variants, representative)
     results, exported = _measure(
@@ -382,7 +403,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
         "num_classes": len(class_names),
         "input_size": size,
         "channels": channels,
-        "preprocessing": _preprocessing(size, channels, tau, options["tta_flip"]),
+        "preprocessing": _preprocessing(size, channels, tau, options["tta_flip"], options["tta_zoom"]),
         "model": {"name": run_info.get("model"), "params": int(model.count_params()), "run_dir": run_dir},
         "source_dataset": {
             "data_dir": run_info["data_dir"],
@@ -427,12 +448,12 @@ TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0.0, 0.1, ..., 2.0
 
 
 def sweep_logit_adjust_tau(
-    run_dir: str, tta_flip: bool = False, taus: Sequence[float] = TAU_GRID
+    run_dir: str, tta_flip: bool = False, taus: Sequence[float] = TAU_GRID, tta_zoom: float = 0.0
 ) -> list[dict[str, float]]:
     """Scores post-hoc logit adjustment strengths on the run's validation split.
 
     The adjustment is the same as the export's: `softmax(logits - tau *
-    log_prior)`, averaged over the mirror image with `tta_flip`.
+    log_prior)`, averaged over the export's test-time views (`tta_views`).
 
     Returns:
       One row per tau: tau, accuracy, balanced_accuracy, macro_f1 and
@@ -446,14 +467,13 @@ def sweep_logit_adjust_tau(
     size, channels = int(run_info["image_size"]), int(run_info["channels"])
     images, y_true = data.eval_arrays(data_dir, data_info, "val", image_size=size, channels=channels)
     x = data.preprocess_for_eval(tf.constant(images), size, channels).numpy()
-    logits = model.predict(x, batch_size=256, verbose=0)
-    mirrored = model.predict(x[:, :, ::-1], batch_size=256, verbose=0) if tta_flip else None
+    views = [
+        model.predict(v, batch_size=256, verbose=0) for v in tta_views(tf.constant(x), tta_flip, tta_zoom)
+    ]
     log_prior = runs.train_log_prior(run_info, data_info)
     rows = []
     for tau in taus:
-        probs = tf.nn.softmax(logits - tau * log_prior, axis=-1).numpy()
-        if mirrored is not None:
-            probs = 0.5 * (probs + tf.nn.softmax(mirrored - tau * log_prior, axis=-1).numpy())
+        probs = np.mean([tf.nn.softmax(v - tau * log_prior, axis=-1).numpy() for v in views], axis=0)
         report = metrics.classification_report(y_true, probs.argmax(-1), class_names)
         rows.append({
             "tau": float(tau),
@@ -503,6 +523,7 @@ def export_run(
     parity_threshold: float = DEFAULT_PARITY_THRESHOLD,
     logit_adjust_tau: float = 0.0,
     tta_flip: bool = False,
+    tta_zoom: float = 0.0,
     representative_samples: int = 300,
     parity_samples: int | None = None,
     seed: int = 0,
@@ -521,6 +542,7 @@ def export_run(
         default 0.98 lowers those to it as well.
       logit_adjust_tau: post-hoc logit adjustment strength (0 = off).
       tta_flip: average each image with its mirror, in every format.
+      tta_zoom: when > 1, also average in its centre zoomed by this factor.
       representative_samples: training images for int8 calibration (seeded).
       parity_samples: val images for the parity check (None = all).
       seed: picks the calibration images.
@@ -536,7 +558,7 @@ def export_run(
       ParityError: a TFLite variant disagrees with the SavedModel; nothing written.
     """
     options = dict(int8=int8, fp16=fp16, parity_threshold=parity_threshold, logit_adjust_tau=logit_adjust_tau,
-                   tta_flip=tta_flip, representative_samples=representative_samples,
+                   tta_flip=tta_flip, tta_zoom=tta_zoom, representative_samples=representative_samples,
                    parity_samples=parity_samples, seed=seed)  # fmt: skip
     if tau_sweep is not None:
         options["logit_adjust_sweep"] = [dict(row) for row in tau_sweep]

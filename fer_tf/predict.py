@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from fer_tf import data, inference
 
@@ -129,15 +130,24 @@ def predict_all(predictor, images: np.ndarray, batch_size: int = 256, tta: str =
       predictor: a callable uint8 `[N, H, W, C]` -> `[N, K]`, e.g. from `load_exported`.
       images: uint8 `[N, H, W, C]`.
       batch_size: images per predictor call.
-      tta: "flip" averages each prediction with the mirrored image's; "none" does not.
+      tta: "flip" averages each prediction with the mirrored image's, "zoom"
+        with the image's centre zoomed by `data.TTA_ZOOM` (`data.center_zoom`,
+        rounded back to uint8); "none" does neither.
     """
-    if tta not in ("none", "flip"):
-        raise ValueError(f"unknown tta {tta!r}; expected none or flip")
+    if tta not in ("none", "flip", "zoom"):
+        raise ValueError(f"unknown tta {tta!r}; expected none, flip or zoom")
     out = []
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size]
         probs = predictor(batch)
         if tta == "flip":
             probs = 0.5 * (probs + predictor(np.ascontiguousarray(batch[:, :, ::-1])))
+        elif tta == "zoom":
+            probs = 0.5 * (probs + predictor(_zoomed(batch)))
         out.append(probs)
     return np.concatenate(out)
+
+
+def _zoomed(images: np.ndarray) -> np.ndarray:
+    zoomed = data.center_zoom(tf.constant(images, tf.float32), data.TTA_ZOOM)
+    return np.clip(np.round(zoomed.numpy()), 0, 255).astype(np.uint8)

@@ -85,6 +85,21 @@ def test_preprocess_for_eval_contract(channels_in, channels):
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
+def test_center_zoom_keeps_only_the_centre_and_its_symmetry():
+    assert data.zoom_margin(48, 1.09) == 2 and data.effective_zoom(48, 1.09) == pytest.approx(48 / 44)
+    images = np.zeros((2, 48, 48, 1), np.float32)
+    images[:, 2:46, 2:46] = 0.25  # the border the zoom crops away is 0, the centre constant
+    images[1, 2:46, 2:46, 0] += np.abs(np.arange(44) - 21.5)[None, :] / 100.0  # mirror-symmetric
+    zoomed = data.center_zoom(tf.constant(images), 1.09).numpy()
+    assert zoomed.shape == images.shape
+    np.testing.assert_allclose(zoomed[0], 0.25, atol=1e-6)
+    np.testing.assert_allclose(zoomed[1], zoomed[1, :, ::-1], atol=1e-6)
+    assert zoomed[1].max() > 0.25 + 0.2  # the ramp is stretched, not lost
+    for bad in (1.0, 0.9, 100.0):
+        with pytest.raises(ValueError, match="zoom"):
+            data.zoom_margin(48, bad)
+
+
 def test_preprocess_for_eval_same_size_is_exact_and_works_in_map():
     images = np.random.default_rng(2).integers(0, 256, size=(3, 48, 48, 1), dtype=np.uint8)
     np.testing.assert_allclose(data.preprocess_for_eval(images).numpy(), images / 255.0, atol=1e-7)

@@ -231,22 +231,25 @@ def test_parity_gate_refuses_and_keeps_the_previous_export(exported, tmp_path):
     assert os.listdir(tmp_path) == []  # no partial export, no staging directory
 
 
-def test_logit_adjustment_and_flip_tta_are_in_the_graph(tmp_path):
+@pytest.mark.parametrize("flip,zoom", [(True, 0.0), (False, 1.09), (True, 1.2)])
+def test_logit_adjustment_and_tta_are_in_the_graph(flip, zoom, tmp_path):
     model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Conv2D(2, 5, strides=4), keras.layers.Flatten(),
                               keras.layers.Dense(len(CLASSES))])  # fmt: skip
     log_prior = np.log(np.arange(1, 8, dtype=np.float32) / 28.0)
     archive = export_lib.build_export_archive(
-        model, CLASSES, logit_adjust_tau=1.5, log_prior=log_prior, tta_flip=True
+        model, CLASSES, logit_adjust_tau=1.5, log_prior=log_prior, tta_flip=flip, tta_zoom=zoom
     )
     archive.write_out(str(tmp_path / "sm"), verbose=False)
     loaded = tf.saved_model.load(str(tmp_path / "sm"))
     images = np.random.default_rng(3).integers(0, 256, (2, 50, 44, 3)).astype(np.uint8)
     x = data.preprocess_for_eval(images, SIZE, 1)
-    expected = 0.5 * (
-        tf.nn.softmax(model(x) - 1.5 * log_prior) + tf.nn.softmax(model(x[:, :, ::-1]) - 1.5 * log_prior)
-    )
+    margin = data.zoom_margin(SIZE, zoom) if zoom else 0
+    views = [x] + ([x[:, :, ::-1]] if flip else [])
+    views += [tf.image.resize(x[:, margin:-margin, margin:-margin], (SIZE, SIZE))] if zoom else []
+    expected = np.mean([tf.nn.softmax(model(v) - 1.5 * log_prior) for v in views], axis=0)
+    assert not np.allclose(expected, tf.nn.softmax(model(x) - 1.5 * log_prior), atol=1e-3)
     got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
-    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
     small = predict.to_model_input(images[:1], SIZE, 1)
     lite = loaded.signatures["lite"](images=tf.constant(small))["probabilities"]
     np.testing.assert_allclose(lite.numpy(), got.numpy()[:1], atol=0.01)
@@ -347,6 +350,18 @@ def test_auto_tau_sweeps_the_val_split_and_is_recorded(tmp_path):
     sweep = meta["export_options"]["logit_adjust_sweep"]
     assert [r["tau"] for r in sweep] == list(export_lib.TAU_GRID)
     assert meta["export_options"]["logit_adjust_tau"] == export_lib.choose_logit_adjust_tau(sweep) == 0.0
+
+
+def test_zoom_tta_exports_to_int8_and_is_recorded(tmp_path):
+    run_dir, _ = make_run(str(tmp_path))
+    out = str(tmp_path / "export")
+    meta = export_lib.export_run(run_dir, out, tta_zoom=1.09, representative_samples=20)
+    assert meta["preprocessing"]["tta_zoom"] == pytest.approx(48 / 44, abs=1e-4)
+    assert "central 44 px" in meta["preprocessing"]["output"]
+    int8 = meta["validation_metrics"]["exported"]["int8"]
+    assert int8["accuracy"] > 0.9  # the parity gate passed and the zoomed view still sees the brightness
+    proc = run_script("export.py", f"--run={run_dir}", f"--output={out}", "--tta_zoom=0.9")
+    assert proc.returncode == 2 and "--tta_zoom must be 0 (off) or above 1" in proc.stderr
 
 
 def test_re_export_keeps_the_model_card(tmp_path):

@@ -36,6 +36,22 @@ def test_predict_all_batches_and_flip_tta():
         predict_all(left_right_predictor, images, tta="rotate")
 
 
+def test_predict_all_zoom_tta_averages_with_the_zoomed_centre():
+    images = np.zeros((3, 48, 40, 1), np.uint8)
+    images[:, 2:46, 2:38] = 200  # zero border; the zoom (44 of 48, 36 of 40 px) keeps only the 200s
+    seen = []
+
+    def mean_brightness(batch):
+        seen.append(batch)
+        p = batch.mean(axis=(1, 2, 3)) / 255.0
+        return np.stack([p, 1 - p], axis=1)
+
+    probs = predict_all(mean_brightness, images, tta="zoom")
+    assert seen[1].dtype == np.uint8 and seen[1].shape == images.shape and (seen[1] == 200).all()
+    plain = images.mean() / 255.0
+    np.testing.assert_allclose(probs[:, 0], 0.5 * (plain + 200 / 255.0), rtol=1e-6)
+
+
 def test_match_classes_drops_and_reports_unknown_classes():
     images = np.arange(5)[:, None, None, None].astype(np.uint8)
     names = ["happy", "contempt", "angry", "contempt", "neutral"]
