@@ -123,6 +123,16 @@ def center_zoom(images: tf.Tensor, zoom: float) -> tf.Tensor:
     return tf.image.resize(crop, [height, width], method="bilinear")
 
 
+def tta_views(x: tf.Tensor, flip: bool = False, zoom: float = 0.0) -> list[tf.Tensor]:
+    """Views of a float batch `[N, S, S, C]` to average over: itself, its mirror, its centre zoom."""
+    views = [x]
+    if flip:
+        views.append(tf.reverse(x, axis=[2]))
+    if zoom:
+        views.append(center_zoom(x, zoom))
+    return views
+
+
 def zoom_margin(size: int, zoom: float) -> int:
     """Pixels `center_zoom` crops from each side of an S x S image (at least 1 for zoom > 1)."""
     if zoom <= 1.0:

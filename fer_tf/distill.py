@@ -21,6 +21,8 @@ import os
 import keras
 import tensorflow as tf
 
+from fer_tf import data
+
 
 def load_teacher(path: str) -> keras.Model:
     """Loads a teacher from a run directory (its `model.keras`) or a `.keras` file.
@@ -51,13 +53,10 @@ def teacher_probabilities(
     teacher: keras.Model, images: tf.Tensor, temperature: float = 1.0, flip: bool = False
 ) -> tf.Tensor:
     """softmax(teacher(images) / temperature), averaged with the mirrored images' with `flip`."""
-    views = tf.concat([images, tf.reverse(images, axis=[2])], axis=0) if flip else images
-    logits = tf.cast(teacher(views, training=False), tf.float32)
+    views = data.tta_views(images, flip)
+    logits = tf.cast(teacher(tf.concat(views, axis=0), training=False), tf.float32)
     probs = tf.nn.softmax(logits / temperature, axis=-1)
-    if flip:
-        plain, mirrored = tf.split(probs, 2, axis=0)
-        probs = (plain + mirrored) / 2.0
-    return probs
+    return tf.add_n(tf.split(probs, len(views), axis=0)) / float(len(views))
 
 
 def distill_targets(

@@ -54,16 +54,6 @@ class ParityError(RuntimeError):
 # ---------------------------------------------------------------- SavedModel
 
 
-def tta_views(x: tf.Tensor, flip: bool = False, zoom: float = 0.0) -> list[tf.Tensor]:
-    """The test-time views of a float batch `[N, S, S, C]`: itself, its mirror, its centre zoom."""
-    views = [x]
-    if flip:
-        views.append(tf.reverse(x, axis=[2]))
-    if zoom:
-        views.append(data.center_zoom(x, zoom))
-    return views
-
-
 def build_export_archive(
     model: keras.Model,
     class_names: Sequence[str],
@@ -94,7 +84,7 @@ def build_export_archive(
         adjustment = (logit_adjust_tau * np.asarray(log_prior)).astype(np.float32)
 
     def probabilities(x):
-        views = tta_views(x, tta_flip, tta_zoom)
+        views = data.tta_views(x, tta_flip, tta_zoom)
         if len(views) == 1:
             return tf.nn.softmax(model(x, training=False) - adjustment, axis=-1)
         logits = model(tf.concat(views, axis=0), training=False)
@@ -453,7 +443,7 @@ def sweep_logit_adjust_tau(
     """Scores post-hoc logit adjustment strengths on the run's validation split.
 
     The adjustment is the same as the export's: `softmax(logits - tau *
-    log_prior)`, averaged over the export's test-time views (`tta_views`).
+    log_prior)`, averaged over the export's test-time views (`data.tta_views`).
 
     Returns:
       One row per tau: tau, accuracy, balanced_accuracy, macro_f1 and
@@ -468,7 +458,8 @@ def sweep_logit_adjust_tau(
     images, y_true = data.eval_arrays(data_dir, data_info, "val", image_size=size, channels=channels)
     x = data.preprocess_for_eval(tf.constant(images), size, channels).numpy()
     views = [
-        model.predict(v, batch_size=256, verbose=0) for v in tta_views(tf.constant(x), tta_flip, tta_zoom)
+        model.predict(v, batch_size=256, verbose=0)
+        for v in data.tta_views(tf.constant(x), tta_flip, tta_zoom)
     ]
     log_prior = runs.train_log_prior(run_info, data_info)
     rows = []
