@@ -111,8 +111,9 @@ def build_export_archive(
         # antialiased kernel (ScaleAndTranslate) has no TFLite op.
         return {"probabilities": probabilities(data.preprocess_for_eval(images, size, channels))}
 
+    # No archive.track(model): add_endpoint already saves the variables the endpoints use, and
+    # tracking the model as well stores every weight twice (keras-team/keras#23553).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint(
         "serving_default",
         serve,

@@ -364,6 +364,16 @@ def test_zoom_tta_exports_to_int8_and_is_recorded(tmp_path):
     assert proc.returncode == 2 and "--tta_zoom must be 0 (off) or above 1" in proc.stderr
 
 
+def test_saved_model_stores_every_weight_once(tmp_path):
+    run_dir, _ = make_run(str(tmp_path))
+    out = tmp_path / "export"
+    export_lib.export_run(run_dir, str(out), int8=False)
+    reader = tf.train.load_checkpoint(str(out / "saved_model" / "variables" / "variables"))
+    stored = sum(int(np.prod(shape)) for name, shape in reader.get_variable_to_shape_map().items()
+                 if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))  # fmt: skip
+    assert stored == brightness_model().count_params()  # keras-team/keras#23553 stored them twice
+
+
 def test_re_export_keeps_the_model_card(tmp_path):
     run_dir, _ = make_run(str(tmp_path))
     out = tmp_path / "export"
