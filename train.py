@@ -186,7 +186,7 @@ def main(argv):
         train_lib.train(config, flags_text="".join(f.serialize() + "\n" for f in own if f.serialize()))
     except callbacks.NanLossError as e:
         cli.fail(str(e), code=1)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # a bad run request: --init_weights, --teacher, ...
         cli.fail(str(e))
 
 

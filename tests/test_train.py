@@ -283,6 +283,25 @@ def test_missing_raw_data_explains_where_to_download(tmp_path):
     assert last.startswith("error:") and "kaggle.com" in last and "Traceback" not in proc.stderr
 
 
+def test_a_model_that_cannot_be_widened_is_a_one_line_error(synthetic_data_dir, tmp_path):
+    proc = subprocess.run(
+        _train_cmd(
+            "--name=wide",
+            f"--runs_dir={tmp_path}",
+            f"--data_dir={synthetic_data_dir}",
+            f"--init_weights={tmp_path / 'narrow.weights.h5'}",
+            "--init_widen",
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --init_widen needs a .keras model") and "Traceback" not in proc.stderr
+
+
 def test_train_py_converts_missing_tfrecords_from_the_raw_csv(tmp_path):
     from data_tools import synthetic
 
