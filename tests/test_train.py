@@ -265,41 +265,32 @@ def _train_cmd(*args):
     return [sys.executable, str(REPO / "train.py"), *args]
 
 
+def _train_error(*args) -> str:
+    """Runs train.py, expecting a one-line error (exit 2, no traceback); returns that line."""
+    proc = subprocess.run(_train_cmd(*args), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return proc.stderr.strip().splitlines()[-1]
+
+
 def test_missing_raw_data_explains_where_to_download(tmp_path):
-    proc = subprocess.run(
-        _train_cmd(
-            "--name=x",
-            f"--runs_dir={tmp_path}",
-            f"--data_dir={tmp_path / 'fer'}",
-            f"--raw_data={tmp_path / 'raw' / 'fer2013.csv'}",
-        ),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+    last = _train_error(
+        "--name=x",
+        f"--runs_dir={tmp_path}",
+        f"--data_dir={tmp_path / 'fer'}",
+        f"--raw_data={tmp_path / 'raw' / 'fer2013.csv'}",
     )
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "kaggle.com" in last and "Traceback" not in proc.stderr
+    assert last.startswith("error:") and "kaggle.com" in last
 
 
 def test_a_model_that_cannot_be_widened_is_a_one_line_error(synthetic_data_dir, tmp_path):
-    proc = subprocess.run(
-        _train_cmd(
-            "--name=wide",
-            f"--runs_dir={tmp_path}",
-            f"--data_dir={synthetic_data_dir}",
-            f"--init_weights={tmp_path / 'narrow.weights.h5'}",
-            "--init_widen",
-        ),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
+    last = _train_error(
+        "--name=wide",
+        f"--runs_dir={tmp_path}",
+        f"--data_dir={synthetic_data_dir}",
+        f"--init_weights={tmp_path / 'narrow.weights.h5'}",
+        "--init_widen",
     )
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --init_widen needs a .keras model") and "Traceback" not in proc.stderr
+    assert last.startswith("error: --init_widen needs a .keras model")
 
 
 def test_train_py_converts_missing_tfrecords_from_the_raw_csv(tmp_path):
