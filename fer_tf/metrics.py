@@ -77,6 +77,50 @@ def classification_report(y_true: Any, y_pred: Any, class_names: Sequence[str]) 
     }
 
 
+def label_agreement(y_true: Any, y_pred: Any, y_other: Any, class_names: Sequence[str]) -> dict:
+    """Scores split by whether a second labelling of the same images (e.g. FER+) agrees with y_true.
+
+    Args:
+      y_true: int labels [N] the model is scored on.
+      y_pred: int predictions [N] (or logits / probabilities [N, K]).
+      y_other: int labels [N] of the second labelling; -1 where it gives none
+        (no majority, or a class the model lacks).
+      class_names: the K names, in label order.
+
+    Returns:
+      {agree: {n, accuracy, balanced_accuracy} where y_other == y_true,
+      disputed: {n, accuracy, accuracy_vs_other} elsewhere (accuracy_vs_other
+      over the disputed images that have a y_other), vs_other:
+      `classification_report` against y_other where it is given}. A part with
+      no images is None.
+    """
+    y_true, y_pred, y_other = _labels(y_true, "y_true"), _labels(y_pred, "y_pred"), np.asarray(y_other)
+    if not y_true.shape == y_pred.shape == y_other.shape:
+        raise ValueError(f"y_true {y_true.shape}, y_pred {y_pred.shape} and y_other {y_other.shape} differ")
+    agree, given = y_other == y_true, y_other >= 0
+    disputed = ~agree
+
+    def part(mask: np.ndarray) -> dict | None:
+        if not mask.any():
+            return None
+        report = classification_report(y_true[mask], y_pred[mask], class_names)
+        return {key: report[key] for key in ("n", "accuracy", "balanced_accuracy")}
+
+    result = {"agree": part(agree), "disputed": None, "vs_other": None}
+    if disputed.any():
+        contested = disputed & given
+        result["disputed"] = {
+            "n": int(disputed.sum()),
+            "accuracy": float((y_pred[disputed] == y_true[disputed]).mean()),
+            "accuracy_vs_other": float((y_pred[contested] == y_other[contested]).mean())
+            if contested.any()
+            else None,
+        }
+    if given.any():
+        result["vs_other"] = classification_report(y_other[given], y_pred[given], class_names)
+    return result
+
+
 def _lookup(report: Mapping, key: str) -> float:
     value: Any = report
     for part in key.split("."):

@@ -40,6 +40,43 @@ def write_csv(path, rows):
         f.write(text)
 
 
+# FER+ vote columns in the order of fer2013new.csv.
+FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FERPLUS_ORDER = (
+    "neutral",
+    "happy",
+    "surprise",
+    "sad",
+    "angry",
+    "disgust",
+    "fear",
+    "contempt",
+    "unknown",
+    "nf",
+)
+
+
+def ferplus_votes(usage, winner, runner_up=None):
+    """One fer2013new.csv row: 8 votes for `winner`, or 5/5 with `runner_up` (no majority)."""
+    votes = dict.fromkeys(FERPLUS_ORDER, 0)
+    votes[winner], votes["unknown"] = (5, 0) if runner_up else (8, 2)
+    if runner_up:
+        votes[runner_up] = 5
+    return f"{usage},img.png," + ",".join(str(votes[name]) for name in FERPLUS_ORDER)
+
+
+def ferplus_plan(labels, shown):
+    """FER+ majority of each PublicTest row: its label, the class its pixels show, none, or contempt."""
+    plan = []
+    for j, (label, pixels) in enumerate(zip(labels, shown, strict=True)):
+        plan.append(
+            [CLASSES[label], CLASSES[pixels], None, "contempt"][j % 4]
+            if j != 20
+            else CLASSES[(label + 1) % 7]
+        )
+    return plan
+
+
 def write_folder(root, rng):
     """root/<class alias>/*.png, 64x64 colour; 'Contempt' is a class the 7-class model lacks."""
     folders = {
@@ -78,6 +115,16 @@ def setup(tmp_path_factory):
     # Two malformed rows, and a contempt row (a class the 7-class model lacks).
     bad = ["7,1 2 3,PublicTest", f"x,{grey},PublicTest", f"7,{grey},PublicTest"]
     write_csv(os.path.join(root, "fer.csv.gz"), [r for rows, _, _ in mixed.values() for r in rows] + bad)
+    # fer2013new.csv for fer.csv.gz: row i labels row i; rows outside PublicTest vote "surprise".
+    public_labels = mixed["PublicTest"][2]
+    plan = ferplus_plan(public_labels, np.arange(21) % len(CLASSES))
+    votes = [ferplus_votes("Training", "surprise")] * 14
+    votes += [ferplus_votes("PublicTest", m or "happy", None if m else "sad") for m in plan]
+    votes += [ferplus_votes("PrivateTest", "surprise")] * 9 + [ferplus_votes("PublicTest", "angry")] * 3
+    with open(os.path.join(root, "fer2013new.csv"), "w") as f:
+        f.write("\n".join([FERPLUS_HEADER, *votes]) + "\n")
+    with open(os.path.join(root, "short.csv"), "w") as f:
+        f.write("\n".join([FERPLUS_HEADER, *votes[:-1]]) + "\n")
     private = fer2013_rows(rng, 16, "PrivateTest", mislabel_every=3)
     write_csv(os.path.join(root, "private.csv"), private[0])
     folder = write_folder(os.path.join(root, "faces"), rng)
@@ -88,10 +135,14 @@ def setup(tmp_path_factory):
         "folder": [f"--model={export}/model_int8.tflite", f"--data={root}/faces"],
         "tfrecord": [f"--model={export}", f"--data={root}/data", "--tta=flip", f"--output_dir={root}/eval"],
         "missing": [f"--model={export}", f"--data={root}/nothing.csv"],
-    }
+        "ferplus": [f"--model={export}", f"--data={root}/fer.csv.gz", "--split=PublicTest",
+                    f"--ferplus_labels={root}/fer2013new.csv"],
+        "ferplus_short": [f"--model={export}", f"--data={root}/fer.csv.gz", f"--ferplus_labels={root}/short.csv"],
+        "ferplus_folder": [f"--model={export}", f"--data={root}/faces", f"--ferplus_labels={root}/fer2013new.csv"],
+    }  # fmt: skip
     results = run_scripts_in_parallel("evaluate.py", commands)
     return {"root": root, "export": export, "arrays": arrays, "mixed": mixed, "private": private,
-            "folder": folder, "results": results}  # fmt: skip
+            "folder": folder, "ferplus_plan": plan, "results": results}  # fmt: skip
 
 
 def parsed(setup, name):
@@ -165,3 +216,43 @@ def test_missing_data_is_a_one_line_error(setup):
     code, stdout, stderr = setup["results"]["missing"]
     assert code == 2 and stdout == ""
     assert stderr.strip().splitlines() == [f"error: --data {setup['root']}/nothing.csv not found"]
+
+
+def test_ferplus_labels_split_scores_by_agreement(setup):
+    result, stderr = parsed(setup, "ferplus")
+    _, images, labels = setup["mixed"]["PublicTest"]
+    assert_same_numbers(result, expected(setup["export"], images, labels))  # the main scores are unchanged
+    plan = setup["ferplus_plan"]
+    y_ferplus = np.array([CLASSES.index(m) if m in CLASSES else -1 for m in plan])
+    agree = y_ferplus == labels
+    # Rows 0, 4, ..., 16 vote for the label; rows 1, 5, ... for the class the pixels show, which
+    # is never the label there (fer2013_rows mislabels rows j % 4 == 1); row 20 for another class.
+    assert agree.sum() == 5 and (y_ferplus == -1).sum() == 10  # 5 without a majority, 5 contempt
+    predictions = predict.load_exported(setup["export"])(images).argmax(-1)
+    ferplus = result["ferplus"]
+    assert ferplus["labels"].endswith("fer2013new.csv")
+    assert ferplus["agree"]["n"] == 5 and ferplus["disputed"]["n"] == 16
+    assert ferplus["agree"]["accuracy"] == pytest.approx(np.mean(predictions[agree] == labels[agree]))
+    assert ferplus["disputed"]["accuracy"] == pytest.approx(np.mean(predictions[~agree] == labels[~agree]))
+    contested = ~agree & (y_ferplus >= 0)
+    assert ferplus["disputed"]["accuracy_vs_other"] == pytest.approx(
+        np.mean(predictions[contested] == y_ferplus[contested])
+    )
+    given = y_ferplus >= 0
+    assert ferplus["vs_other"] == classification_report(y_ferplus[given], predictions[given], list(CLASSES))
+    assert "5 rows have no FER+ majority label: {'ferplus_no_majority': 5}" in stderr
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("ferplus_short", "short.csv has 46 rows but the data has 47: row i must label row i"),
+        ("ferplus_folder", "--ferplus_labels needs --data to be the FER2013 CSV its rows label"),
+    ],
+)
+def test_ferplus_labels_bad_input_is_a_one_line_error(setup, name, message):
+    code, stdout, stderr = setup["results"][name]
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and lines[-1].endswith(message), stderr
+    assert "Traceback" not in stderr

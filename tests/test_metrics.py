@@ -72,6 +72,36 @@ def test_report_rejects_bad_input():
         metrics.classification_report([], [], NAMES)
 
 
+def test_label_agreement_by_hand():
+    # The second labelling agrees with Y_TRUE on rows 0, 1, 3, 5, 6 and 9; it disputes rows 2, 4
+    # and 8 with another class, and gives none for row 7. Y_PRED follows it on every labelled row.
+    y_other = np.array([0, 0, 3, 1, 2, 3, 3, -1, 0, 3])
+    result = metrics.label_agreement(Y_TRUE, Y_PRED, y_other, NAMES)
+    agree = np.array([0, 1, 3, 5, 6, 9])
+    assert result["agree"]["n"] == 6
+    assert np.all(Y_PRED[agree] == Y_TRUE[agree])
+    assert result["agree"]["accuracy"] == 1.0 and result["agree"]["balanced_accuracy"] == 1.0
+    # Disputed rows 2, 4, 7, 8: predictions 3, 2, 3, 0 against y_true 0, 1, 3, 3 -> 1/4 right;
+    # against y_other (rows 2, 4, 8: 3, 2, 0) all 3 right.
+    assert result["disputed"] == {"n": 4, "accuracy": 0.25, "accuracy_vs_other": 1.0}
+    assert result["vs_other"]["n"] == 9
+    assert result["vs_other"]["accuracy"] == 1.0
+    assert result["vs_other"] == metrics.classification_report(
+        y_other[y_other >= 0], Y_PRED[y_other >= 0], NAMES
+    )
+
+
+def test_label_agreement_empty_parts_are_none():
+    result = metrics.label_agreement(Y_TRUE, Y_PRED, Y_TRUE, NAMES)
+    assert result["disputed"] is None and result["agree"]["n"] == 10
+    assert result["vs_other"] == metrics.classification_report(Y_TRUE, Y_PRED, NAMES)
+    none = metrics.label_agreement(Y_TRUE, Y_PRED, np.full(10, -1), NAMES)
+    assert none["agree"] is None and none["vs_other"] is None
+    assert none["disputed"] == {"n": 10, "accuracy": pytest.approx(0.7), "accuracy_vs_other": None}
+    with pytest.raises(ValueError, match="differ"):
+        metrics.label_agreement(Y_TRUE, Y_PRED, Y_TRUE[:5], NAMES)
+
+
 def test_mean_std_uses_sample_std_and_dotted_keys():
     reports = [
         {"accuracy": a, "per_class": {"disgust": {"recall": r}}}
