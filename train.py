@@ -65,6 +65,9 @@ def define_recipe_flags(epochs: int = 30) -> None:
     flags.DEFINE_float("distill_weight", 0.5, "Share of the teacher's predictions in the targets, in (0, 1].")
     flags.DEFINE_float("distill_temperature", 1.0, "Softmax temperature of the teacher's predictions.")
     flags.DEFINE_boolean("teacher_flip", True, "Average the teacher over each image and its mirror.")
+    flags.DEFINE_float(
+        "teacher_zoom", 0.0, "Also average the teacher over each image's centre zoomed this much (0: off)."
+    )
     flags.DEFINE_enum("loss", "crossentropy", LOSSES, "Loss function.")
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
     flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")

@@ -6,7 +6,10 @@ included ("consistent teaching", Beyer et al. 2022), and the target becomes
     (1 - weight) * label + weight * softmax(teacher_logits / temperature)
 
 averaged over the image and its mirror with `flip` (release v5 learnt from such a
-teacher, but kept needing flip test-time augmentation as much as before).
+teacher, but kept needing flip test-time augmentation as much as before) and over
+its centre zoom with `zoom` (the views of export.py's test-time augmentation).
+A teacher with another square input size (a 48x48 teacher for a 56x56 student)
+sees the batch resized to its size, antialiased bilinear like evaluation.
 At temperature 1 the cross-entropy to these targets is Hinton's distillation
 loss plus a constant; the temperature here only softens the teacher.
 
@@ -39,10 +42,12 @@ def load_teacher(path: str) -> keras.Model:
 
 
 def check_teacher(teacher: keras.Model, input_shape: tuple[int, ...], num_classes: int) -> None:
-    """Raises ValueError when the teacher does not take the student's input or predict its classes."""
+    """Raises ValueError unless the teacher predicts the student's classes from square images
+    with the student's channels (any size: `teacher_probabilities` resizes the batch)."""
     got_input = tuple(teacher.input_shape[1:])
     got_classes = teacher.output_shape[-1]
-    if got_input != tuple(input_shape) or got_classes != num_classes:
+    square = len(got_input) == 3 and got_input[0] is not None and got_input[0] == got_input[1]
+    if not square or got_input[2] != input_shape[2] or got_classes != num_classes:
         raise ValueError(
             f"teacher takes {got_input} and predicts {got_classes} classes; "
             f"the student takes {tuple(input_shape)} and predicts {num_classes}"
@@ -50,10 +55,17 @@ def check_teacher(teacher: keras.Model, input_shape: tuple[int, ...], num_classe
 
 
 def teacher_probabilities(
-    teacher: keras.Model, images: tf.Tensor, temperature: float = 1.0, flip: bool = False
+    teacher: keras.Model, images: tf.Tensor, temperature: float = 1.0, flip: bool = False, zoom: float = 0.0
 ) -> tf.Tensor:
-    """softmax(teacher(images) / temperature), averaged with the mirrored images' with `flip`."""
-    views = data.tta_views(images, flip)
+    """softmax(teacher(images) / temperature), averaged over the views of `data.tta_views`.
+
+    The images are first resized to the teacher's input size if it differs; the
+    mirror (`flip`) and the centre zoom (`zoom` > 1, 0: none) are taken at that size.
+    """
+    size = teacher.input_shape[1]
+    if images.shape[1] != size or images.shape[2] != size:
+        images = tf.clip_by_value(tf.image.resize(images, [size, size], antialias=True), 0.0, 1.0)
+    views = data.tta_views(images, flip, zoom)
     logits = tf.cast(teacher(tf.concat(views, axis=0), training=False), tf.float32)
     probs = tf.nn.softmax(logits / temperature, axis=-1)
     return tf.add_n(tf.split(probs, len(views), axis=0)) / float(len(views))
@@ -65,6 +77,7 @@ def distill_targets(
     weight: float,
     temperature: float = 1.0,
     flip: bool = False,
+    zoom: float = 0.0,
 ) -> tf.data.Dataset:
     """Maps (images, targets) batches to (images, targets blended with the teacher's predictions).
 
@@ -74,6 +87,7 @@ def distill_targets(
       weight: share of the teacher in the targets, in (0, 1].
       temperature: teacher softmax temperature (> 0).
       flip: average the teacher over each image and its mirror.
+      zoom: also average over each image's centre zoomed by this factor (0: off).
 
     Returns:
       The dataset with blended targets, prefetched.
@@ -84,7 +98,7 @@ def distill_targets(
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
 
     def blend(images, targets):  # traced into a graph by map
-        soft = teacher_probabilities(teacher, images, temperature, flip)
+        soft = teacher_probabilities(teacher, images, temperature, flip, zoom)
         return images, (1.0 - weight) * targets + weight * tf.cast(soft, targets.dtype)
 
     return ds.map(blend).prefetch(tf.data.AUTOTUNE)

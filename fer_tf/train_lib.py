@@ -57,6 +57,7 @@ class TrainConfig:
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
     teacher_flip: bool = True
+    teacher_zoom: float = 0.0
     # loss
     loss: str = "crossentropy"
     label_smoothing: float = 0.0
@@ -222,7 +223,12 @@ def _train_input(config, info, strategy, epoch_var):
             teacher, (config.image_size, config.image_size, config.channels), len(info["class_names"])
         )
         ds = distill.distill_targets(
-            ds, teacher, config.distill_weight, config.distill_temperature, flip=config.teacher_flip
+            ds,
+            teacher,
+            config.distill_weight,
+            config.distill_temperature,
+            flip=config.teacher_flip,
+            zoom=config.teacher_zoom,
         )
     if context is not None:
         # Files are already split per worker; Keras splits each global batch over replicas.

@@ -57,15 +57,47 @@ def test_flip_teacher_averages_the_image_and_its_mirror():
     )
 
 
+def test_zoom_teacher_averages_the_image_and_its_centre_zoom():
+    teacher = _teacher(2)
+    images = np.random.default_rng(2).random((4, 48, 48, 1), dtype=np.float32)
+    got = distill.teacher_probabilities(teacher, tf.constant(images), zoom=1.09).numpy()
+    zoomed = data.center_zoom(tf.constant(images), 1.09)
+    want = (
+        tf.nn.softmax(teacher(images, training=False)) + tf.nn.softmax(teacher(zoomed, training=False))
+    ) / 2
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, tf.nn.softmax(teacher(images, training=False)), atol=1e-3)
+    both = distill.teacher_probabilities(teacher, tf.constant(images), flip=True, zoom=1.09).numpy()
+    mirrored = tf.nn.softmax(teacher(images[:, :, ::-1], training=False))
+    np.testing.assert_allclose(both, (2 * want + mirrored) / 3, atol=1e-5)
+
+
+def test_teacher_of_another_size_sees_the_batch_resized():
+    teacher = _teacher(3)  # 48x48
+    images = np.random.default_rng(3).random((4, 56, 56, 1), dtype=np.float32)
+    resized = tf.image.resize(images, [48, 48], antialias=True)
+    got = distill.teacher_probabilities(teacher, tf.constant(images), zoom=1.09).numpy()
+    want = (
+        tf.nn.softmax(teacher(resized, training=False))
+        + tf.nn.softmax(teacher(data.center_zoom(resized, 1.09), training=False))
+    ) / 2
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    blended = np.concatenate(
+        [y for _, y in distill.distill_targets(_batches(images, np.eye(7)[:4]), teacher, 1.0, zoom=1.09)]
+    )
+    np.testing.assert_allclose(blended, want, atol=1e-5)
+
+
 def test_teacher_must_match_the_student():
     teacher = _teacher()
     distill.check_teacher(teacher, (48, 48, 1), 7)
+    distill.check_teacher(teacher, (64, 64, 1), 7)  # resized to 48 by teacher_probabilities
     with pytest.raises(ValueError, match="predicts 8 classes"):
         distill.check_teacher(_teacher(num_classes=8), (48, 48, 1), 7)
-    with pytest.raises(ValueError, match=r"\(64, 64, 1\)"):
-        distill.check_teacher(teacher, (64, 64, 1), 7)
     with pytest.raises(ValueError, match=r"takes \(48, 48, 3\)"):
         distill.check_teacher(_teacher(input_shape=(48, 48, 3)), (48, 48, 1), 7)
+    with pytest.raises(ValueError, match=r"takes \(48, 40, 1\)"):
+        distill.check_teacher(_teacher(input_shape=(48, 40, 1)), (48, 48, 1), 7)
 
 
 @pytest.mark.parametrize("weight, temperature", [(0.0, 1.0), (1.5, 1.0), (0.5, 0.0)])
