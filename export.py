@@ -1,7 +1,7 @@
 """Exports a training run as a SavedModel and TFLite files (DESIGN.md contract 4).
 
     python export.py --run=runs/fer2013 --output=export/fer2013 [--fp16] [--noint8]
-        [--parity_threshold=0.98] [--logit_adjust_tau=1.0|auto] [--tta_flip] [--tta_zoom=1.09]
+        [--parity_threshold=0.98] [--logit_adjust_tau=1.0|auto] [--tta_flip] [--tta_zoom=1.09] [--input_size=48]
 
 Writes saved_model/ (uint8 images of any size in, probabilities/label/class_name
 out), model_float32.tflite, model_int8.tflite (full integer), optionally
@@ -37,6 +37,11 @@ _ZOOM = flags.DEFINE_float(
     0.0,
     "If > 1, also average each image with its centre zoomed in this much (1.09: 44 of 48 px).",
 )
+_INPUT_SIZE = flags.DEFINE_integer(
+    "input_size", 0, "Side of the exported models' input, at most the run's --image_size (0: the run's). "
+    "A network trained on upscaled faces (--image_size=56 on 48x48 FER2013) takes 48x48 faces, "
+    "upscaled in the graph.",
+)  # fmt: skip
 _REPRESENTATIVE = flags.DEFINE_integer(
     "representative_samples", 300, "Training images used to calibrate the int8 model."
 )
@@ -90,8 +95,12 @@ def main(argv: list[str]) -> None:
         if not os.path.exists(os.path.join(_RUN.value, name)):
             fail(f"{os.path.join(_RUN.value, name)} not found: is --run a finished training run?", 2)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
-    from fer_tf import export_lib
+    from fer_tf import export_lib, runs
 
+    try:
+        export_lib.check_input_size(_INPUT_SIZE.value, int(runs.read_run_info(_RUN.value)["image_size"]))
+    except ValueError as err:
+        fail(str(err), 2)
     if _TAU.value == "auto":
         sweep = export_lib.sweep_logit_adjust_tau(_RUN.value, tta_flip=_TTA.value, tta_zoom=_ZOOM.value)
         tau = export_lib.choose_logit_adjust_tau(sweep)
@@ -113,6 +122,7 @@ def main(argv: list[str]) -> None:
             logit_adjust_tau=tau,
             tta_flip=_TTA.value,
             tta_zoom=_ZOOM.value,
+            input_size=_INPUT_SIZE.value,
             representative_samples=_REPRESENTATIVE.value,
             parity_samples=_PARITY_SAMPLES.value,
             seed=_SEED.value,

@@ -7,8 +7,13 @@ Pitfalls). It has two endpoints sharing one set of weights:
 - `serving_default`: uint8 images `[N, H, W, 1|3|4]` of any size; preprocessing
   (`fer_tf.data.preprocess_for_eval`) happens in the graph; returns
   `probabilities`, `label` and `class_name` (contract 4).
-- `lite`: uint8 `[1, S, S, C]`, already at model size; the TFLite files are
-  converted from it.
+- `lite`: uint8 `[1, S, S, C]`, already at the export's input size S; the
+  TFLite files are converted from it.
+
+The export's input size is the model's unless `input_size` is smaller: a
+network trained on 48x48 faces upscaled to 56x56 (`train.py --image_size=56`)
+then takes 48x48 faces everywhere, and the graph upscales them to 56 (bilinear)
+as the training pipeline did.
 
 `export_run` writes everything into a temporary directory beside the output
 and renames it only after every TFLite variant agrees with the SavedModel on
@@ -62,6 +67,7 @@ def build_export_archive(
     log_prior: np.ndarray | None = None,
     tta_flip: bool = False,
     tta_zoom: float = 0.0,
+    input_size: int | None = None,
 ) -> keras.export.ExportArchive:
     """Builds the `serving_default` and `lite` endpoints around `model`.
 
@@ -74,16 +80,22 @@ def build_export_archive(
       tta_flip: average the probabilities of each image and its mirror.
       tta_zoom: when > 1, also average in the image zoomed in on its centre by
         this factor (`data.center_zoom`).
+      input_size: side of the endpoints' images after preprocessing, at most the
+        model's S (None: S); smaller ones are upscaled to S in the graph.
 
     Returns:
       The archive; call `write_out(path)`.
     """
     _, size, _, channels = model.input_shape
+    in_size = check_input_size(input_size, size)
     adjustment = np.zeros(len(class_names), np.float32)
     if logit_adjust_tau:
         adjustment = (logit_adjust_tau * np.asarray(log_prior)).astype(np.float32)
 
     def probabilities(x):
+        if in_size != size:
+            # Plain bilinear (an upscale: antialiasing would change nothing), a TFLite op.
+            x = tf.image.resize(x, [size, size], method="bilinear")
         views = data.tta_views(x, tta_flip, tta_zoom)
         if len(views) == 1:
             return tf.nn.softmax(model(x, training=False) - adjustment, axis=-1)
@@ -96,7 +108,7 @@ def build_export_archive(
         # static: each branch slices to 1 or 3 channels (4: alpha dropped).
         def sliced(n):
             return lambda: data.preprocess_for_eval(
-                tf.ensure_shape(images[..., :n], [None, None, None, n]), size, channels
+                tf.ensure_shape(images[..., :n], [None, None, None, n]), in_size, channels
             )
 
         in_channels = tf.shape(images)[-1]
@@ -109,7 +121,7 @@ def build_export_archive(
     def lite(images):
         # Already S x S, so preprocess_for_eval skips its resize, whose
         # antialiased kernel (ScaleAndTranslate) has no TFLite op.
-        return {"probabilities": probabilities(data.preprocess_for_eval(images, size, channels))}
+        return {"probabilities": probabilities(data.preprocess_for_eval(images, in_size, channels))}
 
     # No archive.track(model): add_endpoint already saves the variables the endpoints use, and
     # tracking the model as well stores every weight twice (keras-team/keras#23553).
@@ -120,9 +132,23 @@ def build_export_archive(
         input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")],
     )
     archive.add_endpoint(
-        "lite", lite, input_signature=[tf.TensorSpec([1, size, size, channels], tf.uint8, name="images")]
+        "lite",
+        lite,
+        input_signature=[tf.TensorSpec([1, in_size, in_size, channels], tf.uint8, name="images")],
     )
     return archive
+
+
+def check_input_size(input_size: int | None, model_size: int) -> int:
+    """The export input size for `input_size` (None or 0: the model's); ValueError above it or below 8."""
+    if not input_size:
+        return model_size
+    if not 8 <= input_size <= model_size:
+        raise ValueError(
+            f"--input_size must be between 8 and the model's input size {model_size} "
+            f"(the graph only upscales), got {input_size}"
+        )
+    return int(input_size)
 
 
 def convert_tflite(saved_model_dir: str, variant: str, representative: np.ndarray | None = None) -> bytes:
@@ -287,6 +313,14 @@ def _representative(data_dir, data_info, image_size, channels, options) -> np.nd
     return images[np.sort(rng.choice(len(images), count, replace=False))]
 
 
+def _to_model_size(images: np.ndarray, model_size: int) -> np.ndarray:
+    """uint8 images upscaled to the network's input the way the export graph does it."""
+    if images.shape[1] == model_size:
+        return images
+    x = tf.image.resize(images.astype(np.float32), [model_size, model_size], method="bilinear")
+    return np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8)
+
+
 def _convert_variants(staging, variants, representative):
     sizes = {}
     for variant in variants:
@@ -318,23 +352,27 @@ def _measure(staging, variants, class_names, data_dir, data_info, split, image_s
 
 
 def _preprocessing(
-    image_size: int, channels: int, logit_adjust_tau: float, tta_flip: bool, tta_zoom: float
+    image_size: int, channels: int, logit_adjust_tau: float, tta_flip: bool, tta_zoom: float, model_size: int
 ) -> dict[str, Any]:
     views = ["the mirrored image"] if tta_flip else []
     if tta_zoom:
-        margin = data.zoom_margin(image_size, tta_zoom)
-        views.append(f"the central {image_size - 2 * margin} px zoomed back to {image_size} (bilinear)")
+        margin = data.zoom_margin(model_size, tta_zoom)
+        views.append(f"the central {model_size - 2 * margin} px zoomed back to {model_size} (bilinear)")
+    resize = f"bilinear, antialiased, to {image_size}x{image_size} (aspect ratio not kept)"
+    if model_size != image_size:
+        resize += f", then bilinear up to the network's {model_size}x{model_size}"
     return {
         "function": "fer_tf.data.preprocess_for_eval",
         "input": "uint8 pixels [N, H, W, 1|3|4] (RGB order; alpha dropped), any H and W",
         "color": "grayscale (tf.image.rgb_to_grayscale)" if channels == 1 else "RGB (gray repeated)",
-        "resize": f"bilinear, antialiased, to {image_size}x{image_size} (aspect ratio not kept)",
+        "resize": resize,
         "scale": "divide by 255 to float32 [0, 1]",
         "tflite_input": f"uint8 [1, {image_size}, {image_size}, {channels}] raw pixels, already resized",
         "logit_adjust_tau": float(logit_adjust_tau),
         "logit_adjustment": "softmax(logits - tau * log(train class prior))" if logit_adjust_tau else None,
         "tta_flip": bool(tta_flip),
-        "tta_zoom": round(data.effective_zoom(image_size, tta_zoom), 4) if tta_zoom else 0.0,
+        "tta_zoom": round(data.effective_zoom(model_size, tta_zoom), 4) if tta_zoom else 0.0,
+        "network_input_size": model_size,
         "output": "softmax probabilities" + (" averaged with " + " and ".join(views) if views else ""),
     }
 
@@ -353,18 +391,24 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     split = next((s for s in ("val", "test") if data_info["splits"].get(s, {}).get("num_examples")), None)
     if split is None:
         raise ValueError(f"{data_dir} has no val or test split for the parity check")
-    size, channels, tau = int(run_info["image_size"]), int(run_info["channels"]), options["logit_adjust_tau"]
+    model_size, channels, tau = (
+        int(run_info["image_size"]),
+        int(run_info["channels"]),
+        options["logit_adjust_tau"],
+    )
+    size = check_input_size(options["input_size"], model_size)
     variants = ["float32"] + ["float16"] * options["fp16"] + ["int8"] * options["int8"]
 
     representative, folded = None, []
     if "int8" in variants:
         representative = _representative(data_dir, data_info, size, channels, options)
-        folded = fold_dead_squeeze_excite(model, representative)
+        folded = fold_dead_squeeze_excite(model, _to_model_size(representative, model_size))
         if folded:
             logging.info("folded squeeze-excite blocks with an all-zero squeeze: %s", ", ".join(folded))
     log_prior = runs.train_log_prior(run_info, data_info) if tau else None
     archive = build_export_archive(model, class_names, logit_adjust_tau=tau, log_prior=log_prior,
-                                   tta_flip=options["tta_flip"], tta_zoom=options["tta_zoom"])  # fmt: skip
+                                   tta_flip=options["tta_flip"], tta_zoom=options["tta_zoom"],
+                                   input_size=size)  # fmt: skip
     archive.write_out(os.path.join(staging, SAVED_MODEL_DIR), verbose=False)
     sizes = _convert_variants(staging, variants, representative)
     results, exported = _measure(
@@ -394,7 +438,9 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
         "num_classes": len(class_names),
         "input_size": size,
         "channels": channels,
-        "preprocessing": _preprocessing(size, channels, tau, options["tta_flip"], options["tta_zoom"]),
+        "preprocessing": _preprocessing(
+            size, channels, tau, options["tta_flip"], options["tta_zoom"], model_size
+        ),
         "model": {"name": run_info.get("model"), "params": int(model.count_params()), "run_dir": run_dir},
         "source_dataset": {
             "data_dir": run_info["data_dir"],
@@ -516,6 +562,7 @@ def export_run(
     logit_adjust_tau: float = 0.0,
     tta_flip: bool = False,
     tta_zoom: float = 0.0,
+    input_size: int | None = None,
     representative_samples: int = 300,
     parity_samples: int | None = None,
     seed: int = 0,
@@ -550,12 +597,14 @@ def export_run(
       ParityError: a TFLite variant disagrees with the SavedModel; nothing written.
     """
     options = dict(int8=int8, fp16=fp16, parity_threshold=parity_threshold, logit_adjust_tau=logit_adjust_tau,
-                   tta_flip=tta_flip, tta_zoom=tta_zoom, representative_samples=representative_samples,
+                   tta_flip=tta_flip, tta_zoom=tta_zoom, input_size=input_size,
+                   representative_samples=representative_samples,
                    parity_samples=parity_samples, seed=seed)  # fmt: skip
     if tau_sweep is not None:
         options["logit_adjust_sweep"] = [dict(row) for row in tau_sweep]
     output_dir = os.path.normpath(output_dir)  # "export/" -> "export", for the renames
-    runs.read_run_info(run_dir)  # fail on a bad run before touching the output
+    # Fail on a bad run or input size before touching the output.
+    check_input_size(input_size, int(runs.read_run_info(run_dir)["image_size"]))
     if os.path.isfile(output_dir) or (
         os.path.isdir(output_dir)
         and os.listdir(output_dir)

@@ -32,9 +32,9 @@ def class_images(labels, rng, size=SIZE, channels=1):
     return np.clip(base[:, None, None, None] + noise, 0, 255).astype(np.uint8)
 
 
-def brightness_model(alpha=300.0):
+def brightness_model(alpha=300.0, size=SIZE):
     """logit_k = -alpha * (mean - centre_k)^2 + const, through a real conv and dense layer."""
-    inputs = keras.Input((SIZE, SIZE, 1))
+    inputs = keras.Input((size, size, 1))
     x = keras.layers.Conv2D(1, 3, padding="same", use_bias=False, activation="relu", name="conv")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(len(CLASSES), name="head")(x)
@@ -68,7 +68,7 @@ def write_dataset(data_dir, seed=0, split_sizes=SPLIT_SIZES):
     return arrays
 
 
-def make_run(root, model=None):
+def make_run(root, model=None, image_size=SIZE):
     """A fake `runs/<name>/` (model.keras, run_info.json, flags.txt, metrics.json) and its dataset."""
     data_dir, run_dir = os.path.join(root, "data"), os.path.join(root, "runs", "tiny")
     arrays = write_dataset(data_dir)
@@ -76,7 +76,7 @@ def make_run(root, model=None):
     (model or brightness_model()).save(os.path.join(run_dir, "model.keras"))
     counts = {name: int(np.sum(arrays["train"][1] == k)) for k, name in enumerate(CLASSES)}
     run_info = {
-        "data_dir": data_dir, "class_names": list(CLASSES), "image_size": SIZE, "channels": 1,
+        "data_dir": data_dir, "class_names": list(CLASSES), "image_size": image_size, "channels": 1,
         "model": "brightness", "dataset_source": {"format": "synthetic-test"}, "train_class_counts": counts,
     }  # fmt: skip
     with open(os.path.join(run_dir, "run_info.json"), "w") as f:
@@ -362,6 +362,34 @@ def test_zoom_tta_exports_to_int8_and_is_recorded(tmp_path):
     assert int8["accuracy"] > 0.9  # the parity gate passed and the zoomed view still sees the brightness
     proc = run_script("export.py", f"--run={run_dir}", f"--output={out}", "--tta_zoom=0.9")
     assert proc.returncode == 2 and "--tta_zoom must be 0 (off) or above 1" in proc.stderr
+
+
+def test_upscaled_network_exports_with_the_original_input_size(tmp_path):
+    # A network trained on the 48x48 faces upscaled to 56 (train.py --image_size=56).
+    model = brightness_model(size=56)
+    model.get_layer("conv").set_weights([np.full((3, 3, 1, 1), 1 / 9, np.float32)])  # sees the resampling
+    run_dir, arrays = make_run(str(tmp_path), model=model, image_size=56)
+    out = str(tmp_path / "export")
+    meta = export_lib.export_run(run_dir, out, input_size=48, tta_flip=True, representative_samples=20)
+    assert meta["input_size"] == 48 and meta["preprocessing"]["network_input_size"] == 56
+    assert "then bilinear up to the network's 56x56" in meta["preprocessing"]["resize"]
+    for variant in ("float32", "int8"):
+        interpreter = tf.lite.Interpreter(os.path.join(out, export_lib.TFLITE_FILES[variant]))
+        assert list(interpreter.get_input_details()[0]["shape"]) == [1, 48, 48, 1]
+        assert meta["validation_metrics"]["exported"][variant]["accuracy"] > 0.9
+    # The graph upscales exactly as the training pipeline does (preprocess_for_eval to 56).
+    images, _ = arrays["val"]
+    x = data.preprocess_for_eval(images, 56, 1)
+    want = (tf.nn.softmax(model(x)) + tf.nn.softmax(model(x[:, :, ::-1]))) / 2
+    got = predict.load_exported(out)(images)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="between 8 and the model's input size 56"):
+        export_lib.export_run(run_dir, str(tmp_path / "bad"), input_size=64)
+    proc = run_script("export.py", f"--run={run_dir}", f"--output={tmp_path / 'bad'}", "--input_size=60")
+    assert (
+        proc.returncode == 2 and "--input_size must be between 8 and the model's input size 56" in proc.stderr
+    )
+    assert not os.path.exists(tmp_path / "bad")
 
 
 def test_saved_model_stores_every_weight_once(tmp_path):
