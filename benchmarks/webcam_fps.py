@@ -37,7 +37,10 @@ from fer_tf.inference import FaceDetector, Recognizer, align_face, default_model
 FER2013_CSV = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_publictest.csv.gz"
 F = flags.FLAGS
 flags.DEFINE_string(
-    "model", None, "int8 .tflite to time (default: release model, else an untrained stand-in)."
+    "model",
+    None,
+    "int8 .tflite or export directory (its model_int8.tflite) to time "
+    "(default: the release model, else an untrained stand-in).",
 )
 flags.DEFINE_integer("frames", 150, "Clip length.")
 flags.DEFINE_integer("repeats", 3, "Passes over the clip per pipeline; the best counts.")
@@ -149,7 +152,9 @@ def main(argv):
         faces, face_source = face_images()
         clip = os.path.join(tmp, "clip.mp4")
         write_clip(clip, faces, F.frames)
-        model = F.model or str(default_model_path() / "model_int8.tflite")
+        model = F.model or str(default_model_path())
+        if os.path.isdir(model):  # an export directory: time the int8 file, not its SavedModel
+            model = os.path.join(model, "model_int8.tflite")
         if not os.path.exists(model):
             print(f"{model} not found: timing an untrained FERNet int8 stand-in")
             model = stand_in_model(tmp)
