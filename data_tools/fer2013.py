@@ -153,7 +153,7 @@ def fer2013_source(
       ConversionError: an empty file, no data rows, or no emotion/pixels columns.
     """
     header, rows = read_csv(csv_path, progress=progress)
-    columns = _columns(csv_path, header, ("emotion", "pixels"), ("usage",))
+    columns = header_columns(csv_path, header, ("emotion", "pixels"), ("usage",))
     split_rule = _split_rule(columns["usage"], split_if_missing, seed)
     return Source(
         name="fer2013_csv",
@@ -283,10 +283,10 @@ def ferplus_source(
     if num_classes not in (7, 8):
         raise ValueError(f"num_classes must be 7 or 8, got {num_classes}")
     header, rows = read_csv(csv_path, progress=progress)
-    columns = _columns(csv_path, header, ("pixels",), ("usage",))
+    columns = header_columns(csv_path, header, ("pixels",), ("usage",))
     vote_header, vote_rows = read_csv(labels_path, progress=progress)
     names = ("usage", "image name") + FERPLUS_VOTE_COLUMNS + FERPLUS_DROP_COLUMNS
-    vote_columns = _columns(labels_path, vote_header, names, ())
+    vote_columns = header_columns(labels_path, vote_header, names, ())
     if len(vote_rows) != len(rows):
         raise ConversionError(
             f"{labels_path} has {len(vote_rows)} rows but {csv_path} has {len(rows)}: row i must label row i"
@@ -382,9 +382,14 @@ def _where(row: int) -> str:
     return f"row {row} (line {row + 2})"
 
 
-def _columns(
+def header_columns(
     path: str, header: list[str], required: Sequence[str], optional: Sequence[str]
 ) -> dict[str, int | None]:
+    """Index of each named column in a lowercased CSV header (None: an absent optional one).
+
+    Raises:
+      ConversionError: a required column is missing.
+    """
     missing = [name for name in required if name not in header]
     if missing:
         raise ConversionError(f"{path}: no {', '.join(missing)} column in header {','.join(header)[:120]!r}")

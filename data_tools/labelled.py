@@ -119,7 +119,7 @@ def ferplus_majority(labels_path: str, selected: CsvRows, log: Log = _stderr) ->
     try:
         header, rows = fer2013.read_csv(labels_path, progress=False)
         names = fer2013.FERPLUS_VOTE_COLUMNS + fer2013.FERPLUS_DROP_COLUMNS
-        columns = fer2013._columns(labels_path, header, names, ("usage",))
+        columns = fer2013.header_columns(labels_path, header, names, ("usage",))
     except ConversionError as err:
         raise ValueError(str(err)) from None
     if len(rows) != selected.num_rows:

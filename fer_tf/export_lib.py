@@ -313,12 +313,12 @@ def _representative(data_dir, data_info, image_size, channels, options) -> np.nd
     return images[np.sort(rng.choice(len(images), count, replace=False))]
 
 
-def _to_model_size(images: np.ndarray, model_size: int) -> np.ndarray:
-    """uint8 images upscaled to the network's input the way the export graph does it."""
+def _to_model_size(images: np.ndarray, model_size: int, channels: int) -> np.ndarray:
+    """uint8 images upscaled to the network's input as in training (`data.preprocess_for_eval`)."""
     if images.shape[1] == model_size:
         return images
-    x = tf.image.resize(images.astype(np.float32), [model_size, model_size], method="bilinear")
-    return np.clip(np.round(x.numpy()), 0, 255).astype(np.uint8)
+    x = data.preprocess_for_eval(images, model_size, channels).numpy()
+    return np.round(x * 255.0).astype(np.uint8)
 
 
 def _convert_variants(staging, variants, representative):
@@ -402,7 +402,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     representative, folded = None, []
     if "int8" in variants:
         representative = _representative(data_dir, data_info, size, channels, options)
-        folded = fold_dead_squeeze_excite(model, _to_model_size(representative, model_size))
+        folded = fold_dead_squeeze_excite(model, _to_model_size(representative, model_size, channels))
         if folded:
             logging.info("folded squeeze-excite blocks with an all-zero squeeze: %s", ", ".join(folded))
     log_prior = runs.train_log_prior(run_info, data_info) if tau else None
