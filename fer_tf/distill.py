@@ -62,9 +62,8 @@ def teacher_probabilities(
     The images are first resized to the teacher's input size if it differs; the
     mirror (`flip`) and the centre zoom (`zoom` > 1, 0: none) are taken at that size.
     """
-    size = teacher.input_shape[1]
-    if images.shape[1] != size or images.shape[2] != size:
-        images = tf.clip_by_value(tf.image.resize(images, [size, size], antialias=True), 0.0, 1.0)
+    # On a float batch in [0, 1], preprocess_for_eval is only the evaluation resize (none at equal size).
+    images = data.preprocess_for_eval(images, teacher.input_shape[1], images.shape[-1])
     views = data.tta_views(images, flip, zoom)
     logits = tf.cast(teacher(tf.concat(views, axis=0), training=False), tf.float32)
     probs = tf.nn.softmax(logits / temperature, axis=-1)
