@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import data, export_lib, predict, runs, schema
+from fer_tf import data, export_lib, models, predict, runs, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 48
@@ -443,3 +443,54 @@ def test_requantization_check_finds_the_op_xnnpack_would_refuse(tmp_path, export
     assert recorded["ops"] == 2 and recorded["outside_xnnpack_range"] == []
     assert 2.0**-32 <= recorded["min_ratio"] <= recorded["max_ratio"] < 256
     assert "WARNING" not in exported["stdout"]
+
+
+def rescaled_stem(size=SIZE, strides=1, padding="same", use_bias=False, second_reader=False):
+    """[0, 1] input -> Rescaling(2, -1) -> conv stem -> pooled logits, with non-trivial weights."""
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="rescale")(inputs)
+    y = keras.layers.Conv2D(4, 3, strides=strides, padding=padding, use_bias=use_bias, name="stem")(x)
+    if second_reader:  # the rescaled image is read twice: nothing to fold it into
+        y = y + keras.layers.Conv2D(4, 1, strides=strides, padding="same", name="side")(x)
+    y = keras.layers.BatchNormalization()(keras.layers.ReLU()(y))
+    outputs = keras.layers.Dense(len(CLASSES))(keras.layers.GlobalAveragePooling2D()(y))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(5)
+    model.set_weights([rng.normal(0.5, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize(
+    "size,strides,padding,use_bias,second_reader",
+    [(48, 1, "same", False, False), (47, 2, "same", True, False), (48, 2, "valid", True, False),
+     (48, 1, "same", False, True)],
+)  # fmt: skip
+def test_pixel_network_matches_the_model_on_raw_pixels(size, strides, padding, use_bias, second_reader):
+    # The export runs networks on pixel values in [0, 255] (int8 keeps every grey level);
+    # folding the rescale into the stem conv must reproduce the "same" zero padding of
+    # the rescaled image, odd sizes and strides included.
+    model = rescaled_stem(size, strides, padding, use_bias, second_reader)
+    pixels = np.random.default_rng(6).integers(0, 256, (3, size, size, 1)).astype(np.float32)
+    want = model(pixels / 255.0, training=False).numpy()
+    got = export_lib.pixel_network(model)(tf.constant(pixels)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    other = brightness_model(size=size)  # no Rescaling: run whole on pixels / 255
+    np.testing.assert_allclose(
+        export_lib.pixel_network(other)(tf.constant(pixels)), other(pixels / 255.0), atol=1e-5
+    )
+
+
+def test_int8_export_sees_exact_pixels_and_averages_views_in_int8(tmp_path):
+    # Release v7's int8 graph gave its [0, 1] input 2/255 steps (128 grey levels) and
+    # averaged the mirror TTA views in float through DEQUANTIZE + ADD_N.
+    model = models.build_model("fernet", len(CLASSES), (SIZE, SIZE, 1), width=0.35)
+    run_dir, _ = make_run(str(tmp_path), model=model)
+    out = str(tmp_path / "export")
+    export_lib.export_run(run_dir, out, tta_flip=True, representative_samples=20, parity_threshold=0.0)
+    interpreter = tf.lite.Interpreter(os.path.join(out, export_lib.TFLITE_FILES["int8"]))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    first_conv = next(op for op in ops if op["op_name"] == "CONV_2D")
+    assert tensors[first_conv["inputs"][0]]["quantization"] == pytest.approx((1.0, -128))
+    assert not {"DEQUANTIZE", "ADD_N"} & {op["op_name"] for op in ops}
+    assert ops[-2]["op_name"] == "MEAN"
