@@ -226,6 +226,12 @@ def parse_pixels(text: str, where: str) -> np.ndarray:
     return values.astype(np.uint8).reshape(IMAGE_SHAPE)
 
 
+def drop_single_votes(votes: Sequence[float]) -> np.ndarray:
+    """FER+ vote counts with every single vote set to 0: annotator noise (FER+ reference code)."""
+    kept = np.asarray(votes, dtype=np.float64)
+    return np.where(kept > 1, kept, 0.0)
+
+
 def ferplus_label(votes: Sequence[float], num_classes: int = 8) -> tuple[int, tuple[float, ...]]:
     """Applies the FER+ majority rule to one row of 10 votes.
 
@@ -242,8 +248,7 @@ def ferplus_label(votes: Sequence[float], num_classes: int = 8) -> tuple[int, tu
     names = FERPLUS_VOTE_COLUMNS + FERPLUS_DROP_COLUMNS
     if len(votes) != len(names):
         raise ValueError(f"expected {len(names)} FER+ votes, got {len(votes)}")
-    kept = np.asarray(votes, dtype=np.float64)
-    kept = np.where(kept > 1, kept, 0.0)  # a single vote is annotator noise (FER+ reference code)
+    kept = drop_single_votes(votes)
     total = kept.sum()
     winner = int(np.argmax(kept))
     detail = "votes " + " ".join(f"{name}={v:g}" for name, v in zip(names, votes, strict=True))

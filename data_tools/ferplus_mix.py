@@ -49,8 +49,7 @@ def vote_shares(votes: Sequence[float]) -> np.ndarray | None:
       votes: counts in `fer2013.FERPLUS_VOTE_COLUMNS` order (contempt last; more
         columns, such as unknown and NF, are ignored).
     """
-    emotions = np.asarray(votes[: len(schema.FER2013_CLASSES)], dtype=np.float64)
-    emotions = np.where(emotions > 1, emotions, 0.0)  # a single vote is annotator noise (FER+ rule)
+    emotions = fer2013.drop_single_votes(votes[: len(schema.FER2013_CLASSES)])
     total = emotions.sum()
     return emotions / total if total > 0 else None
 
