@@ -161,8 +161,11 @@ def main(argv: list[str]) -> None:
             images, names = labelled.load_labelled(
                 data, _SPLIT.value, predictor.image_size, predictor.channels, log
             )
-        known = [name in predictor.class_names for name in names]
-        images, y_true, excluded = labelled.match_classes(images, names, predictor.class_names, log)
+        # Filtering row numbers keeps the FER+ majority labels aligned with the kept images.
+        kept, y_true, excluded = labelled.match_classes(
+            np.arange(len(names)), names, predictor.class_names, log
+        )
+        images = images[kept]
     except ValueError as err:
         fail(str(err))
     log(f"evaluating {len(images)} images of {data} with {model}")
@@ -171,7 +174,7 @@ def main(argv: list[str]) -> None:
     result.setdefault("class_names", list(predictor.class_names))
     if majority is not None:
         index = {name: k for k, name in enumerate(predictor.class_names)}
-        y_ferplus = [index.get(m, -1) for m, keep in zip(majority, known, strict=True) if keep]
+        y_ferplus = [index.get(majority[i], -1) for i in kept]
         result["ferplus"] = {
             "labels": _FERPLUS_LABELS.value,
             **metrics.label_agreement(y_true, probs.argmax(-1), y_ferplus, predictor.class_names),
