@@ -61,7 +61,11 @@ def define_recipe_flags(epochs: int = 30) -> None:
     flags.DEFINE_float("mixup", 0.0, "Mixup alpha (0: off).")
     flags.DEFINE_float("cutmix", 0.0, "CutMix alpha (0: off).")
     flags.DEFINE_boolean("soft_labels", False, "Train on image/class/soft_label votes (FER+).")
-    flags.DEFINE_string("teacher", "", "Distil from this run directory or .keras model (empty: off).")
+    flags.DEFINE_string(
+        "teacher",
+        "",
+        "Distil from this run directory or .keras model; several, comma-separated, are averaged.",
+    )
     flags.DEFINE_float("distill_weight", 0.5, "Share of the teacher's predictions in the targets, in (0, 1].")
     flags.DEFINE_float("distill_temperature", 1.0, "Softmax temperature of the teacher's predictions.")
     flags.DEFINE_boolean("teacher_flip", True, "Average the teacher over each image and its mirror.")

@@ -10,6 +10,8 @@ teacher, but kept needing flip test-time augmentation as much as before) and ove
 its centre zoom with `zoom` (the views of export.py's test-time augmentation).
 A teacher with another square input size (a 48x48 teacher for a 56x56 student)
 sees the batch resized to its size, antialiased bilinear like evaluation.
+Several teachers (an ensemble: `load_teachers("runs/a,runs/b")`) are averaged,
+each over its own views at its own input size.
 At temperature 1 the cross-entropy to these targets is Hinton's distillation
 loss plus a constant; the temperature here only softens the teacher.
 
@@ -20,6 +22,7 @@ the saved student are those of any other run.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
@@ -39,6 +42,19 @@ def load_teacher(path: str) -> keras.Model:
     teacher = keras.models.load_model(model_path, compile=False)
     teacher.trainable = False
     return teacher
+
+
+def load_teachers(paths: str) -> list[keras.Model]:
+    """Loads the teachers of a comma-separated list of run directories or `.keras` files.
+
+    Raises:
+      FileNotFoundError: when one of them has no model (`load_teacher`).
+      ValueError: when the list names no teacher.
+    """
+    names = [path.strip() for path in paths.split(",") if path.strip()]
+    if not names:
+        raise ValueError(f"no teacher in {paths!r}")
+    return [load_teacher(name) for name in names]
 
 
 def check_teacher(teacher: keras.Model, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -72,7 +88,7 @@ def teacher_probabilities(
 
 def distill_targets(
     ds: tf.data.Dataset,
-    teacher: keras.Model,
+    teacher: keras.Model | Sequence[keras.Model],
     weight: float,
     temperature: float = 1.0,
     flip: bool = False,
@@ -82,7 +98,8 @@ def distill_targets(
 
     Args:
       ds: batched training dataset of (images [B,S,S,C], targets [B,K]).
-      teacher: a model from the same images to K logits.
+      teacher: a model from the same images to K logits, or several whose
+        probabilities are averaged (an ensemble teacher).
       weight: share of the teacher in the targets, in (0, 1].
       temperature: teacher softmax temperature (> 0).
       flip: average the teacher over each image and its mirror.
@@ -96,8 +113,11 @@ def distill_targets(
     if temperature <= 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
 
+    teachers = [teacher] if isinstance(teacher, keras.Model) else list(teacher)
+
     def blend(images, targets):  # traced into a graph by map
-        soft = teacher_probabilities(teacher, images, temperature, flip, zoom)
+        every = [teacher_probabilities(t, images, temperature, flip, zoom) for t in teachers]
+        soft = tf.add_n(every) / float(len(every))
         return images, (1.0 - weight) * targets + weight * tf.cast(soft, targets.dtype)
 
     return ds.map(blend).prefetch(tf.data.AUTOTUNE)

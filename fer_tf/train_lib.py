@@ -52,7 +52,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     soft_labels: bool = False
-    # distillation: a teacher run or .keras file ("" off), see fer_tf.distill
+    # distillation: a teacher run or .keras file, or several comma-separated (averaged); "" off
     teacher: str = ""
     distill_weight: float = 0.5
     distill_temperature: float = 1.0
@@ -218,13 +218,14 @@ def _train_input(config, info, strategy, epoch_var):
         input_context=context,
     )
     if config.teacher:
-        teacher = distill.load_teacher(config.teacher)
-        distill.check_teacher(
-            teacher, (config.image_size, config.image_size, config.channels), len(info["class_names"])
-        )
+        teachers = distill.load_teachers(config.teacher)
+        for teacher in teachers:
+            distill.check_teacher(
+                teacher, (config.image_size, config.image_size, config.channels), len(info["class_names"])
+            )
         ds = distill.distill_targets(
             ds,
-            teacher,
+            teachers,
             config.distill_weight,
             config.distill_temperature,
             flip=config.teacher_flip,

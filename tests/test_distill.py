@@ -40,6 +40,26 @@ def test_targets_blend_labels_with_the_teachers_probabilities():
     np.testing.assert_allclose(blended.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_ensemble_teacher_averages_its_members(tmp_path):
+    # Two teachers of different input sizes, each over its own views, then averaged.
+    small, large = _teacher(3), _teacher(4, input_shape=(56, 56, 1))
+    images = np.random.default_rng(2).random((8, 56, 56, 1), dtype=np.float32)
+    labels = tf.one_hot(np.arange(8) % 7, 7).numpy()
+    ds = _batches(images, labels)
+    blended = np.concatenate([y for _, y in distill.distill_targets(ds, [small, large], 0.5, flip=True)])
+    each = [distill.teacher_probabilities(t, tf.constant(images), flip=True).numpy() for t in (small, large)]
+    assert not np.allclose(each[0], each[1], atol=1e-3)
+    np.testing.assert_allclose(blended, 0.5 * labels + 0.25 * (each[0] + each[1]), atol=1e-5)
+    small.save(str(tmp_path / "a.keras"))
+    large.save(str(tmp_path / "b.keras"))
+    loaded = distill.load_teachers(f"{tmp_path / 'a.keras'}, {tmp_path / 'b.keras'}")
+    assert [t.input_shape for t in loaded] == [small.input_shape, large.input_shape]
+    with pytest.raises(FileNotFoundError, match="no teacher model"):
+        distill.load_teachers(f"{tmp_path / 'a.keras'},{tmp_path / 'missing.keras'}")
+    with pytest.raises(ValueError, match="no teacher in"):
+        distill.load_teachers(" , ")
+
+
 def test_flip_teacher_averages_the_image_and_its_mirror():
     teacher = _teacher(1)
     images = np.random.default_rng(1).random((4, 48, 48, 1), dtype=np.float32)
