@@ -387,6 +387,19 @@ def _where(row: int) -> str:
     return f"row {row} (line {row + 2})"
 
 
+def read_vote_file(path: str, names: Sequence[str]) -> tuple[list[list[str]], dict[str, int | None]]:
+    """The data rows of a FER+ votes file and the index of each named vote column and of Usage.
+
+    Raises:
+      ValueError: the file is unreadable or lacks one of `names` (Usage is optional).
+    """
+    try:
+        header, rows = read_csv(path, progress=False)
+        return rows, header_columns(path, header, names, ("usage",))
+    except ConversionError as err:
+        raise ValueError(str(err)) from None
+
+
 def header_columns(
     path: str, header: list[str], required: Sequence[str], optional: Sequence[str]
 ) -> dict[str, int | None]:

@@ -36,7 +36,6 @@ import numpy as np
 from absl import app, flags
 
 from data_tools import derive, fer2013
-from data_tools.writer import ConversionError
 from fer_tf import schema
 
 _ROW_ID = re.compile(r"row-(\d+)")
@@ -130,11 +129,7 @@ def make_ferplus_mix(
 
 def _train_votes(labels_path: str) -> dict[int, np.ndarray | None]:
     """{data row: vote shares or None} of the Training rows of a FER+ votes file."""
-    try:
-        header, rows = fer2013.read_csv(labels_path, progress=False)
-        columns = fer2013.header_columns(labels_path, header, fer2013.FERPLUS_VOTE_COLUMNS, ("usage",))
-    except ConversionError as err:
-        raise ValueError(str(err)) from None
+    rows, columns = fer2013.read_vote_file(labels_path, fer2013.FERPLUS_VOTE_COLUMNS)
     usage = columns["usage"]
     if usage is None:
         raise ValueError(f"{labels_path}: no Usage column, so its Training rows cannot be told apart")

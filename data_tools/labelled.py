@@ -116,12 +116,8 @@ def ferplus_majority(labels_path: str, selected: CsvRows, log: Log = _stderr) ->
     """
     from fer_tf.schema import FERPLUS_CLASSES
 
-    try:
-        header, rows = fer2013.read_csv(labels_path, progress=False)
-        names = fer2013.FERPLUS_VOTE_COLUMNS + fer2013.FERPLUS_DROP_COLUMNS
-        columns = fer2013.header_columns(labels_path, header, names, ("usage",))
-    except ConversionError as err:
-        raise ValueError(str(err)) from None
+    names = fer2013.FERPLUS_VOTE_COLUMNS + fer2013.FERPLUS_DROP_COLUMNS
+    rows, columns = fer2013.read_vote_file(labels_path, names)
     if len(rows) != selected.num_rows:
         raise ValueError(
             f"{labels_path} has {len(rows)} rows but the data has {selected.num_rows}: row i must label row i"
