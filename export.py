@@ -95,15 +95,15 @@ def main(argv: list[str]) -> None:
         if not os.path.exists(os.path.join(_RUN.value, name)):
             fail(f"{os.path.join(_RUN.value, name)} not found: is --run a finished training run?", 2)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
-    from fer_tf import export_lib, runs
+    from fer_tf import export_lib, logit_adjust, runs
 
     try:
         export_lib.check_input_size(_INPUT_SIZE.value, int(runs.read_run_info(_RUN.value)["image_size"]))
     except ValueError as err:
         fail(str(err), 2)
     if _TAU.value == "auto":
-        sweep = export_lib.sweep_logit_adjust_tau(_RUN.value, tta_flip=_TTA.value, tta_zoom=_ZOOM.value)
-        tau = export_lib.choose_logit_adjust_tau(sweep)
+        sweep = logit_adjust.sweep_logit_adjust_tau(_RUN.value, tta_flip=_TTA.value, tta_zoom=_ZOOM.value)
+        tau = logit_adjust.choose_logit_adjust_tau(sweep)
         print(f"{'tau':>5} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'min recall':>10}")
         for row in sweep:
             mark = "  <- chosen" if row["tau"] == tau else ""

@@ -19,6 +19,8 @@ as the training pipeline did.
 and renames it only after every TFLite variant agrees with the SavedModel on
 the validation split, so a refused export leaves nothing behind. The run is
 read through `fer_tf.runs`; `fer_tf.predict` loads the result for inference.
+The int8-specific graph folds and checks live in `fer_tf.quantize`, the choice
+of the logit-adjustment strength in `fer_tf.logit_adjust`.
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import data, metrics, runs, schema
+from fer_tf import data, metrics, quantize, runs, schema
 from fer_tf.predict import LABELS_FILE, METADATA_FILE, SAVED_MODEL_DIR, SavedModelPredictor, TFLitePredictor
 
 TFLITE_FILES = {
@@ -57,82 +59,6 @@ class ParityError(RuntimeError):
 
 
 # ---------------------------------------------------------------- SavedModel
-
-
-def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> list[int]:
-    """[before, after] padding of one spatial axis under Keras/TF "same" convolution."""
-    span = (kernel - 1) * dilation + 1
-    total = max((-(-size // stride) - 1) * stride + span - size, 0)
-    return [total // 2, total - total // 2]
-
-
-def pixel_network(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """`model` as a function of raw pixel values: `f(p) == model(p / 255)` for float p in [0, 255].
-
-    The models of `fer_tf.models` begin with `Rescaling(2, offset=-1)` on [0, 1]
-    input. A full-integer TFLite graph lost grey levels there: the [0, 1] tensor
-    got 2/255 steps (128 levels), and no int8 grid holds the 256 values of
-    2p/255 - 1 (the zero point forces a half-step offset). On release v7 that
-    was the largest single int8 error: removing it raised int8/float top-1
-    agreement on PublicTest from 95.3% to 97.0%.
-
-    When the rescale feeds a single plain convolution (FERNet's stem), both are
-    folded into one convolution of the pixels: kernel `W * scale/255`, bias
-    `b + offset * sum(W)`, and the "same" zero padding of the rescaled image
-    becomes padding with the pixel value that rescales to 0 (127.5; int8 rounds
-    it to a neighbouring level, on border pixels only). int8 then holds the
-    uint8 pixels exactly. The rest of the network keeps `model`'s weights.
-    Other models get the affine map in front, in one step on [0, 255] values.
-    """
-    rescale = model.layers[1] if len(model.layers) > 1 else None
-    if not isinstance(rescale, keras.layers.Rescaling) or rescale.input is not model.inputs[0]:
-        return lambda pixels: model(pixels / 255.0, training=False)
-    scale, offset = float(rescale.scale) / 255.0, float(rescale.offset)
-    readers = [layer for layer in model.layers if layer is not rescale and _reads(layer, rescale.output)]
-    conv = readers[0] if len(readers) == 1 else None
-    _, height, width, _ = model.input_shape
-    if not (_foldable(conv) and height and width):
-        after = keras.Model(rescale.output, model.outputs)
-        return lambda pixels: after(pixels * scale + offset, training=False)
-
-    after = keras.Model(conv.output, model.outputs)
-    kernel = np.asarray(conv.kernel.numpy(), np.float32)
-    bias = offset * kernel.sum(axis=(0, 1, 2)) + (conv.bias.numpy() if conv.use_bias else 0.0)
-    kernel, bias = tf.constant(kernel * scale), tf.constant(bias.astype(np.float32))
-    pads = [[0, 0], [0, 0], [0, 0], [0, 0]]
-    if conv.padding == "same":
-        for axis, size in ((1, height), (2, width)):
-            k, stride, dilation = (
-                conv.kernel_size[axis - 1],
-                conv.strides[axis - 1],
-                conv.dilation_rate[axis - 1],
-            )
-            pads[axis] = _same_padding(size, k, stride, dilation)
-    neutral = -offset / scale  # the pixel value the model's zero padding stands for
-
-    def network(pixels):
-        padded = tf.pad(pixels, pads, constant_values=neutral)
-        y = tf.nn.conv2d(padded, kernel, conv.strides, "VALID", dilations=conv.dilation_rate) + bias
-        return after(y, training=False)
-
-    return network
-
-
-def _foldable(layer: keras.layers.Layer | None) -> bool:
-    """Whether an affine map of its input folds exactly into `layer`: a plain, linear Conv2D."""
-    return (
-        type(layer) is keras.layers.Conv2D
-        and layer.groups == 1
-        and layer.data_format == "channels_last"
-        and layer.padding in ("same", "valid")
-        and layer.activation is keras.activations.linear
-    )
-
-
-def _reads(layer: keras.layers.Layer, tensor: keras.KerasTensor) -> bool:
-    """Whether `layer` takes `tensor` as (one of) its inputs."""
-    inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-    return any(x is tensor for x in inputs)
 
 
 def build_export_archive(
@@ -167,7 +93,7 @@ def build_export_archive(
     adjustment = np.zeros(len(class_names), np.float32)
     if logit_adjust_tau:
         adjustment = (logit_adjust_tau * np.asarray(log_prior)).astype(np.float32)
-    network = pixel_network(model)
+    network = quantize.pixel_network(model)
 
     def probabilities(pixels):
         # `pixels`: float [N, in_size, in_size, C] in [0, 255]. Every op up to the network's
@@ -261,54 +187,6 @@ def convert_tflite(saved_model_dir: str, variant: str, representative: np.ndarra
     return converter.convert()
 
 
-# XNNPACK, TFLite's default CPU delegate, takes a quantized conv or dense op only
-# when input_scale * filter_scale / output_scale lies in [2**-32, 256) for every
-# output channel; one op outside the range left release v3's whole int8 graph
-# undelegated (7x slower), with no error at conversion or run time.
-XNNPACK_REQUANT_RANGE = (2.0**-32, 256.0)
-_REQUANT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-
-
-def requantization_check(tflite_path: str) -> dict[str, Any]:
-    """Requantization ratios of the conv and dense ops of a quantized TFLite file.
-
-    Returns:
-      {"ops": ops checked, "max_ratio", "min_ratio", "outside_xnnpack_range":
-      [{"op", "tensor", "ratio"}] for the ops XNNPACK would refuse}. A float
-      model has no quantized op: ops 0 and no ratios.
-    """
-    interpreter = tf.lite.Interpreter(
-        model_path=tflite_path,
-        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-
-    def scales(index: int) -> np.ndarray:
-        return np.asarray(tensors[index]["quantization_parameters"]["scales"], dtype=np.float64)
-
-    low, high = XNNPACK_REQUANT_RANGE
-    ratios, outside = [], []
-    for op in interpreter._get_ops_details():  # the only public-enough op listing in tf.lite
-        if op["op_name"] not in _REQUANT_OPS:
-            continue
-        x, w, y = scales(op["inputs"][0]), scales(op["inputs"][1]), scales(op["outputs"][0])
-        if not (len(x) and len(w) and len(y)):
-            continue
-        ratio = x[0] * w / y[0]
-        ratios.append(ratio)
-        bad = ratio[(ratio < low) | (ratio >= high)]
-        if len(bad):
-            worst = float(bad.max() if bad.max() >= high else bad.min())
-            outside.append({"op": op["op_name"], "tensor": tensors[op["outputs"][0]]["name"], "ratio": worst})
-    flat = np.concatenate(ratios) if ratios else np.zeros(0)
-    return {
-        "ops": len(ratios),
-        "max_ratio": float(flat.max()) if len(flat) else None,
-        "min_ratio": float(flat.min()) if len(flat) else None,
-        "outside_xnnpack_range": outside,
-    }
-
-
 # ---------------------------------------------------------------- parity and export
 
 
@@ -348,64 +226,6 @@ def _check_parity(results: Mapping[str, Mapping[str, Any]], split: str) -> None:
                 f"with the SavedModel on {result['n']} {split} images; not exporting "
                 "(use --parity_threshold to override)"
             )
-
-
-def fold_dead_squeeze_excite(model: keras.Model, images: np.ndarray) -> list[str]:
-    """Folds squeeze-excite blocks whose squeeze (ReLU) is zero on every calibration image.
-
-    Such a block (FERNet's `<block>_se_reduce` -> `<block>_se_expand`) scales its
-    input by a constant, but int8 calibration gives the all-zero tensor a ~1e-8
-    scale: the following conv's requantization ratio then exceeds what XNNPACK
-    accepts, and the whole int8 graph ran undelegated (7x slower; measured on
-    release v3, where weight decay had killed two squeezes). The squeeze is made
-    a constant 1 (zero kernel, bias 1) and the excite's bias absorbs it, so the
-    float function is the same on those images and the tensor quantizes sanely.
-
-    Args:
-      model: modified in place.
-      images: uint8 calibration images [N, S, S, C].
-
-    Returns:
-      The names of the folded squeeze layers.
-    """
-    reduces = [layer for layer in model.layers if layer.name.endswith("_se_reduce")]
-    if not reduces:
-        return []
-    probe = keras.Model(model.inputs, [layer.output for layer in reduces])
-    outputs = probe.predict(images.astype(np.float32) / 255.0, batch_size=256, verbose=0)
-    outputs = outputs if isinstance(outputs, list) else [outputs]
-    folded = []
-    for reduce, output in zip(reduces, outputs, strict=True):
-        if np.max(output) > 0:
-            continue
-        expand = model.get_layer(reduce.name.removesuffix("_reduce") + "_expand")
-        kernel, bias = reduce.get_weights()
-        expand_kernel, expand_bias = expand.get_weights()
-        reduce.set_weights([np.zeros_like(kernel), np.ones_like(bias)])
-        expand.set_weights([expand_kernel, expand_bias - expand_kernel.sum(axis=(0, 1, 2))])
-        folded.append(reduce.name)
-    return folded
-
-
-def _representative(data_dir, data_info, image_size, channels, options) -> np.ndarray:
-    """The seeded sample of training images that calibrates int8."""
-    images, _ = data.eval_arrays(data_dir, data_info, "train", image_size=image_size, channels=channels)
-    rng = np.random.default_rng(options["seed"])
-    count = min(options["representative_samples"], len(images))
-    sample = images[np.sort(rng.choice(len(images), count, replace=False))]
-    # The int8 input range is the calibration's pixel range: one black and one white
-    # pixel make it [0, 255], so each grey level stays one exact int8 step (scale 1).
-    sample[0, 0, 0] = 0
-    sample[-1, 0, 0] = 255
-    return sample
-
-
-def _to_model_size(images: np.ndarray, model_size: int, channels: int) -> np.ndarray:
-    """uint8 images upscaled to the network's input as in training (`data.preprocess_for_eval`)."""
-    if images.shape[1] == model_size:
-        return images
-    x = data.preprocess_for_eval(images, model_size, channels).numpy()
-    return np.round(x * 255.0).astype(np.uint8)
 
 
 def _convert_variants(staging, variants, representative):
@@ -464,6 +284,32 @@ def _preprocessing(
     }
 
 
+def _parity_split(data_dir: str, data_info: Mapping[str, Any], class_names: Sequence[str]) -> str:
+    """The split the parity check runs on (val, else test); ValueError if the dataset cannot serve."""
+    if list(data_info["class_names"]) != list(class_names):
+        raise ValueError(
+            f"classes of {data_dir} {data_info['class_names']} differ from the run's {list(class_names)}"
+        )
+    split = next((s for s in ("val", "test") if data_info["splits"].get(s, {}).get("num_examples")), None)
+    if split is None:
+        raise ValueError(f"{data_dir} has no val or test split for the parity check")
+    return split
+
+
+def _requantization(int8_path: str) -> dict[str, Any]:
+    """`quantize.requantization_check` of the int8 file, with a warning per op XNNPACK would refuse."""
+    check = quantize.requantization_check(int8_path)
+    for op in check["outside_xnnpack_range"]:
+        logging.warning(
+            "int8 %s %s: requantization ratio %.3g is outside XNNPACK's range; the int8 model "
+            "will run undelegated (several times slower)",
+            op["op"],
+            op["tensor"],
+            op["ratio"],
+        )
+    return check
+
+
 def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """Writes a complete export into `staging` and returns its metadata; raises ParityError."""
     run_info = runs.read_run_info(run_dir)
@@ -471,13 +317,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     data_dir = runs.resolve_data_dir(run_info["data_dir"], run_dir, "export")
     data_info = schema.read_dataset_info(data_dir)
     class_names = [str(c) for c in run_info["class_names"]]
-    if list(data_info["class_names"]) != class_names:
-        raise ValueError(
-            f"classes of {data_dir} {data_info['class_names']} differ from the run's {class_names}"
-        )
-    split = next((s for s in ("val", "test") if data_info["splits"].get(s, {}).get("num_examples")), None)
-    if split is None:
-        raise ValueError(f"{data_dir} has no val or test split for the parity check")
+    split = _parity_split(data_dir, data_info, class_names)
     model_size, channels, tau = (
         int(run_info["image_size"]),
         int(run_info["channels"]),
@@ -488,10 +328,12 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
 
     representative, folded = None, []
     if "int8" in variants:
-        representative = _representative(data_dir, data_info, size, channels, options)
-        folded = fold_dead_squeeze_excite(model, _to_model_size(representative, model_size, channels))
-        if folded:
-            logging.info("folded squeeze-excite blocks with an all-zero squeeze: %s", ", ".join(folded))
+        representative = quantize.representative_sample(
+            data_dir, data_info, size, channels, options["representative_samples"], options["seed"]
+        )
+        folded = quantize.fold_dead_squeeze_excite(
+            model, quantize.to_model_size(representative, model_size, channels)
+        )
     log_prior = runs.train_log_prior(run_info, data_info) if tau else None
     archive = build_export_archive(model, class_names, logit_adjust_tau=tau, log_prior=log_prior,
                                    tta_flip=options["tta_flip"], tta_zoom=options["tta_zoom"],
@@ -504,15 +346,7 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     _check_parity(results, split)
     requantization = None
     if "int8" in variants:
-        requantization = requantization_check(os.path.join(staging, TFLITE_FILES["int8"]))
-        for op in requantization["outside_xnnpack_range"]:
-            logging.warning(
-                "int8 %s %s: requantization ratio %.3g is outside XNNPACK's range; the int8 model "
-                "will run undelegated (several times slower)",
-                op["op"],
-                op["tensor"],
-                op["ratio"],
-            )
+        requantization = _requantization(os.path.join(staging, TFLITE_FILES["int8"]))
 
     run_metrics = None
     if os.path.exists(os.path.join(run_dir, "metrics.json")):
@@ -545,80 +379,9 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     with open(os.path.join(staging, LABELS_FILE), "w") as f:
         f.write("".join(f"{name}\n" for name in class_names))
     with open(os.path.join(staging, METADATA_FILE), "w") as f:
-        json.dump(portable_paths(metadata), f, indent=2)
+        json.dump(runs.portable_paths(metadata), f, indent=2)
         f.write("\n")
     return metadata
-
-
-def portable_paths(value: Any, base: str | None = None) -> Any:
-    """`value` with every absolute path made relative to `base` (default: the working directory).
-
-    Exports are meant to be shared and committed (models/fer2013/), so their
-    metadata must not name directories of the machine that built them: a path
-    outside `base` keeps only its last component.
-    """
-    base = os.getcwd() if base is None else base
-    if isinstance(value, Mapping):
-        return {k: portable_paths(v, base) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [portable_paths(v, base) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        relative = os.path.relpath(value, base)
-        return os.path.basename(value) if relative.startswith("..") else relative
-    return value
-
-
-TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0.0, 0.1, ..., 2.0
-
-
-def sweep_logit_adjust_tau(
-    run_dir: str, tta_flip: bool = False, taus: Sequence[float] = TAU_GRID, tta_zoom: float = 0.0
-) -> list[dict[str, float]]:
-    """Scores post-hoc logit adjustment strengths on the run's validation split.
-
-    The adjustment is the same as the export's: `softmax(logits - tau *
-    log_prior)`, averaged over the export's test-time views (`data.tta_views`).
-
-    Returns:
-      One row per tau: tau, accuracy, balanced_accuracy, macro_f1 and
-      min_recall (of the weakest class).
-    """
-    run_info = runs.read_run_info(run_dir)
-    model = runs.load_run_model(run_dir, run_info)
-    data_dir = runs.resolve_data_dir(run_info["data_dir"], run_dir, "export")
-    data_info = schema.read_dataset_info(data_dir)
-    class_names = [str(c) for c in run_info["class_names"]]
-    size, channels = int(run_info["image_size"]), int(run_info["channels"])
-    images, y_true = data.eval_arrays(data_dir, data_info, "val", image_size=size, channels=channels)
-    x = data.preprocess_for_eval(tf.constant(images), size, channels).numpy()
-    views = [
-        model.predict(v, batch_size=256, verbose=0)
-        for v in data.tta_views(tf.constant(x), tta_flip, tta_zoom)
-    ]
-    log_prior = runs.train_log_prior(run_info, data_info)
-    rows = []
-    for tau in taus:
-        probs = np.mean([tf.nn.softmax(v - tau * log_prior, axis=-1).numpy() for v in views], axis=0)
-        report = metrics.classification_report(y_true, probs.argmax(-1), class_names)
-        rows.append({
-            "tau": float(tau),
-            "accuracy": report["accuracy"],
-            "balanced_accuracy": report["balanced_accuracy"],
-            "macro_f1": report["macro_f1"],
-            "min_recall": min(c["recall"] for c in report["per_class"].values()),
-        })  # fmt: skip
-    return rows
-
-
-def choose_logit_adjust_tau(rows: Sequence[Mapping[str, float]]) -> float:
-    """The tau of `sweep_logit_adjust_tau` rows with the best mean of accuracy and balanced accuracy.
-
-    Accuracy alone picks tau = 0 (the prior helps the head classes) and
-    balanced accuracy alone gives away accuracy for a last tenth of a point;
-    their mean values both. Ties go to the smaller tau, the smaller change.
-    """
-    best = max(rows, key=lambda r: (round(r["accuracy"] + r["balanced_accuracy"], 6), -r["tau"]))
-    return float(best["tau"])
 
 
 def _replace_dir(staging: str, output_dir: str) -> None:

@@ -121,3 +121,21 @@ def train_log_prior(run_info: Mapping[str, Any], data_info: Mapping[str, Any] | 
         counts = [counts[name] for name in names]
     counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
     return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def portable_paths(value: Any, base: str | None = None) -> Any:
+    """`value` with every absolute path made relative to `base` (default: the working directory).
+
+    Exports are meant to be shared and committed (models/fer2013/), so their
+    metadata must not name directories of the machine that built them: a path
+    outside `base` keeps only its last component.
+    """
+    base = os.getcwd() if base is None else base
+    if isinstance(value, Mapping):
+        return {k: portable_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable_paths(v, base) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        relative = os.path.relpath(value, base)
+        return os.path.basename(value) if relative.startswith("..") else relative
+    return value

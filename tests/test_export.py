@@ -1,4 +1,4 @@
-"""Tests for fer_tf/export_lib.py, predict.py, runs.py and export.py (DESIGN.md contract 4).
+"""Tests for fer_tf/export_lib.py, quantize.py, logit_adjust.py, predict.py, runs.py and export.py (DESIGN.md contract 4).
 
 A hand-set brightness classifier (identity conv -> mean -> dense) is confident
 on synthetic images whose grey level encodes the class, so parity between the
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import data, export_lib, models, predict, runs, schema
+from fer_tf import data, export_lib, logit_adjust, models, predict, quantize, runs, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 48
@@ -115,7 +115,7 @@ def test_portable_paths_keeps_no_absolute_path(tmp_path):
         "b": ["/elsewhere/data/raw.csv", "rel/path", 3],
         "c": "text",
     }
-    assert export_lib.portable_paths(meta, base) == {
+    assert runs.portable_paths(meta, base) == {
         "a": os.path.join("runs", "x"),
         "b": ["raw.csv", "rel/path", 3],
         "c": "text",
@@ -309,11 +309,11 @@ def test_dead_squeeze_excite_is_folded_without_changing_the_output():
     reduce.set_weights([-np.abs(kernel) - 0.1, bias - 1.0])  # never fires on non-negative input
     images = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 1)).astype(np.uint8)
     before = model.predict(images / 255.0, verbose=0)
-    assert export_lib.fold_dead_squeeze_excite(model, images) == ["b_se_reduce"]
+    assert quantize.fold_dead_squeeze_excite(model, images) == ["b_se_reduce"]
     np.testing.assert_allclose(model.predict(images / 255.0, verbose=0), before, atol=1e-6)
     assert not np.any(reduce.get_weights()[0]) and np.all(reduce.get_weights()[1] == 1.0)
     # A live squeeze is left alone.
-    assert export_lib.fold_dead_squeeze_excite(model, images) == []
+    assert quantize.fold_dead_squeeze_excite(model, images) == []
 
 
 def test_choose_tau_balances_accuracy_and_balanced_accuracy():
@@ -323,7 +323,7 @@ def test_choose_tau_balances_accuracy_and_balanced_accuracy():
         {"tau": 1.0, "accuracy": 0.66, "balanced_accuracy": 0.67},  # best balanced, worse mean
         {"tau": 1.5, "accuracy": 0.68, "balanced_accuracy": 0.67},  # same mean as 0.5: the smaller wins
     ]
-    assert export_lib.choose_logit_adjust_tau(rows) == 0.5
+    assert logit_adjust.choose_logit_adjust_tau(rows) == 0.5
 
 
 def test_auto_tau_sweeps_the_val_split_and_is_recorded(tmp_path):
@@ -334,7 +334,7 @@ def test_auto_tau_sweeps_the_val_split_and_is_recorded(tmp_path):
     run_info["train_class_counts"] = {name: 10 for name in CLASSES} | {"angry": 1000}
     with open(os.path.join(run_dir, "run_info.json"), "w") as f:
         json.dump(run_info, f)
-    rows = export_lib.sweep_logit_adjust_tau(run_dir, tta_flip=True, taus=(0.0, 1.0, 2.0))
+    rows = logit_adjust.sweep_logit_adjust_tau(run_dir, tta_flip=True, taus=(0.0, 1.0, 2.0))
     x_val, y_val = arrays["val"]
     expected = np.mean(brightness_model().predict(x_val / 255.0, verbose=0).argmax(-1) == y_val)
     assert [r["tau"] for r in rows] == [0.0, 1.0, 2.0]
@@ -348,8 +348,8 @@ def test_auto_tau_sweeps_the_val_split_and_is_recorded(tmp_path):
     with open(os.path.join(out, "metadata.json")) as f:
         meta = json.load(f)
     sweep = meta["export_options"]["logit_adjust_sweep"]
-    assert [r["tau"] for r in sweep] == list(export_lib.TAU_GRID)
-    assert meta["export_options"]["logit_adjust_tau"] == export_lib.choose_logit_adjust_tau(sweep) == 0.0
+    assert [r["tau"] for r in sweep] == list(logit_adjust.TAU_GRID)
+    assert meta["export_options"]["logit_adjust_tau"] == logit_adjust.choose_logit_adjust_tau(sweep) == 0.0
 
 
 def test_zoom_tta_exports_to_int8_and_is_recorded(tmp_path):
@@ -433,7 +433,7 @@ def test_requantization_check_finds_the_op_xnnpack_would_refuse(tmp_path, export
     path = str(tmp_path / "dead.tflite")
     with open(path, "wb") as f:
         f.write(export_lib.convert_tflite(saved, "int8", images))
-    check = export_lib.requantization_check(path)
+    check = quantize.requantization_check(path)
     assert check["ops"] == 4  # live, dead, gate, dense
     outside = check["outside_xnnpack_range"]
     assert len(outside) == 1 and "dead" in outside[0]["tensor"] and outside[0]["ratio"] >= 256
@@ -472,11 +472,11 @@ def test_pixel_network_matches_the_model_on_raw_pixels(size, strides, padding, u
     model = rescaled_stem(size, strides, padding, use_bias, second_reader)
     pixels = np.random.default_rng(6).integers(0, 256, (3, size, size, 1)).astype(np.float32)
     want = model(pixels / 255.0, training=False).numpy()
-    got = export_lib.pixel_network(model)(tf.constant(pixels)).numpy()
+    got = quantize.pixel_network(model)(tf.constant(pixels)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     other = brightness_model(size=size)  # no Rescaling: run whole on pixels / 255
     np.testing.assert_allclose(
-        export_lib.pixel_network(other)(tf.constant(pixels)), other(pixels / 255.0), atol=1e-5
+        quantize.pixel_network(other)(tf.constant(pixels)), other(pixels / 255.0), atol=1e-5
     )
 
 
