@@ -34,7 +34,6 @@ and takes float32 pixels in [-1, 1], so say both:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
@@ -42,7 +41,7 @@ import numpy as np
 from absl import app, flags
 
 from fer_tf.classifiers import default_model_path
-from fer_tf.cli import fail
+from fer_tf.cli import fail, parse_input_range, parse_labels
 
 _MODEL = flags.DEFINE_string(
     "model",
@@ -81,33 +80,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def parse_input_range(value: str) -> tuple[float, float]:
-    """'low,high' -> (low, high); a one-line error unless two finite increasing numbers."""
-    try:
-        low, high = (float(v) for v in value.split(","))
-    except ValueError:
-        fail(f"--input_range must be two numbers low,high (e.g. -1,1), got {value!r}")
-    if not (math.isfinite(low) and math.isfinite(high) and low < high):
-        fail(f"--input_range must be finite with low < high, got {value!r}")
-    return low, high
-
-
-def parse_labels(value: str | None) -> list[str] | None:
-    """--labels: a file with one class name a line, or comma-separated names (as given)."""
-    if value is None:
-        return None
-    if os.path.isfile(value):
-        with open(value) as f:
-            names = [line.strip() for line in f if line.strip()]
-    elif "," in value:
-        names = [name.strip() for name in value.split(",")]
-    else:
-        fail(f"--labels {value} is neither a file nor comma-separated class names")
-    if not names or not all(names):
-        fail(f"--labels {value!r} has an empty class name")
-    return names
-
-
 def load_model(model: str, labels: list[str] | None, input_range: tuple[float, float]):
     """The predictor, with --labels made canonical (Anger -> angry) and checked against its outputs."""
     from data_tools.folders import canonical_class
@@ -129,6 +101,30 @@ def load_model(model: str, labels: list[str] | None, input_range: tuple[float, f
     return predictor
 
 
+def load_data(data: str, predictor):
+    """(images, y_true, excluded counts, FER+ majority index or -1 per image, or None) of --data.
+
+    Raises ValueError on unreadable data.
+    """
+    from data_tools import labelled
+
+    class_names = predictor.class_names
+    if not _FERPLUS_LABELS.value:
+        images, names = labelled.load_labelled(
+            data, _SPLIT.value, predictor.image_size, predictor.channels, log
+        )
+        kept, y_true, excluded = labelled.match_classes(np.arange(len(names)), names, class_names, log)
+        return images[kept], y_true, excluded, None
+    selected = labelled.read_csv_rows(data, _SPLIT.value, log)
+    majority = labelled.ferplus_majority(_FERPLUS_LABELS.value, selected, log)
+    # Filtering row numbers keeps the FER+ majority labels aligned with the kept images.
+    kept, y_true, excluded = labelled.match_classes(
+        np.arange(len(selected.names)), selected.names, class_names, log
+    )
+    index = {name: k for k, name in enumerate(class_names)}
+    return selected.images[kept], y_true, excluded, [index.get(majority[i], -1) for i in kept]
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -145,59 +141,34 @@ def main(argv: list[str]) -> None:
             fail(f"--{name} {value} not found")
     input_range, labels = parse_input_range(_INPUT_RANGE.value), parse_labels(_LABELS.value)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
-    from data_tools import labelled
     from fer_tf import metrics
     from fer_tf.predict import predict_all
 
     predictor = load_model(model, labels, input_range)
     data = _DATA.value
-    majority = None
     try:
-        if _FERPLUS_LABELS.value:
-            selected = labelled.read_csv_rows(data, _SPLIT.value, log)
-            images, names = selected.images, selected.names
-            majority = labelled.ferplus_majority(_FERPLUS_LABELS.value, selected, log)
-        else:
-            images, names = labelled.load_labelled(
-                data, _SPLIT.value, predictor.image_size, predictor.channels, log
-            )
-        # Filtering row numbers keeps the FER+ majority labels aligned with the kept images.
-        kept, y_true, excluded = labelled.match_classes(
-            np.arange(len(names)), names, predictor.class_names, log
-        )
-        images = images[kept]
+        images, y_true, excluded, y_ferplus = load_data(data, predictor)
     except ValueError as err:
         fail(str(err))
     log(f"evaluating {len(images)} images of {data} with {model}")
     probs = predict_all(predictor, images, _BATCH_SIZE.value, _TTA.value)
     result = {**metrics.classification_report(y_true, probs.argmax(-1), predictor.class_names)}
     result.setdefault("class_names", list(predictor.class_names))
-    if majority is not None:
-        index = {name: k for k, name in enumerate(predictor.class_names)}
-        y_ferplus = [index.get(majority[i], -1) for i in kept]
+    if y_ferplus is not None:
         result["ferplus"] = {
             "labels": _FERPLUS_LABELS.value,
             **metrics.label_agreement(y_true, probs.argmax(-1), y_ferplus, predictor.class_names),
         }
     print(json.dumps(result), flush=True)
     if _OUTPUT_DIR.value:
+        from fer_tf import report  # matplotlib, only for the plots
+
         context = {"model": model, "data": data, "split": _SPLIT.value, "tta": _TTA.value,
                    "input_range": list(input_range), "excluded": excluded}  # fmt: skip
-        write_outputs(_OUTPUT_DIR.value, {**result, **context}, images, y_true, probs, predictor.class_names)
-
-
-def write_outputs(out: str, result: dict, images, y_true, probs, class_names) -> None:
-    """metrics.json, confusion_matrix.png and misclassified.png in `out`."""
-    from fer_tf import report
-
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    report.plot_confusion_matrix(
-        result["confusion_matrix"], class_names, os.path.join(out, "confusion_matrix.png")
-    )
-    report.plot_misclassified(images, y_true, probs, class_names, os.path.join(out, "misclassified.png"))
-    log(f"wrote metrics.json, confusion_matrix.png and misclassified.png to {out}")
+        report.write_evaluation(
+            _OUTPUT_DIR.value, {**result, **context}, images, y_true, probs, predictor.class_names
+        )
+        log(f"wrote metrics.json, confusion_matrix.png and misclassified.png to {_OUTPUT_DIR.value}")
 
 
 if __name__ == "__main__":

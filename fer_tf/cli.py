@@ -5,6 +5,7 @@ Nothing here reads flags: the scripts own their flags and pass plain values.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -44,3 +45,30 @@ def fail(message: str, code: int = 2) -> None:
     """Prints a one-line error to stderr and exits with `code` (no traceback)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def parse_input_range(value: str) -> tuple[float, float]:
+    """'low,high' -> (low, high); a one-line error unless two finite increasing numbers."""
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        fail(f"--input_range must be two numbers low,high (e.g. -1,1), got {value!r}")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        fail(f"--input_range must be finite with low < high, got {value!r}")
+    return low, high
+
+
+def parse_labels(value: str | None) -> list[str] | None:
+    """--labels: a file with one class name a line, or comma-separated names (as given)."""
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        with open(value) as f:
+            names = [line.strip() for line in f if line.strip()]
+    elif "," in value:
+        names = [name.strip() for name in value.split(",")]
+    else:
+        fail(f"--labels {value} is neither a file nor comma-separated class names")
+    if not names or not all(names):
+        fail(f"--labels {value!r} has an empty class name")
+    return names

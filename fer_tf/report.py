@@ -12,6 +12,7 @@ tight bounding box), creates the parent directories and returns the path.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -381,3 +382,12 @@ def plot_per_class_recall(per_class: Mapping[str, Mapping[str, float]], path: st
     ax.set_xlabel("recall")
     ax.set_title(f"per-class recall (balanced accuracy {np.mean(recalls):.3f})")
     return _save(fig, path)
+
+
+def write_evaluation(out: str, result: Mapping[str, Any], images, y_true, probs, class_names) -> None:
+    """metrics.json, confusion_matrix.png and misclassified.png in `out`."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot_confusion_matrix(result["confusion_matrix"], class_names, os.path.join(out, "confusion_matrix.png"))
+    plot_misclassified(images, y_true, probs, class_names, os.path.join(out, "misclassified.png"))
