@@ -95,9 +95,14 @@ def define_recipe_flags(epochs: int = 30) -> None:
         "mixed_precision",
         "float32",
         ["float32", "mixed_float16", "mixed_bfloat16"],
-        "Keras precision policy; logits and loss stay float32.",
+        "Keras precision policy; logits and loss stay float32. On a 2-core AVX-512 CPU mixed_bfloat16 "
+        "trained FERNet 0.82x as fast (benchmarks/train_settings.py); it is for GPUs.",
     )
-    flags.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
+    flags.DEFINE_boolean(
+        "jit_compile",
+        False,
+        "Compile the train step with XLA (10x slower on CPU: benchmarks/train_settings.py).",
+    )
     flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker"], "tf.distribute strategy.")
     flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: one line per epoch).")
     RECIPE_FLAGS[:] = [name for name in F if name not in before]
