@@ -108,21 +108,21 @@ def load_data(data: str, predictor):
     """
     from data_tools import labelled
 
-    class_names = predictor.class_names
-    if not _FERPLUS_LABELS.value:
+    if _FERPLUS_LABELS.value:
+        selected = labelled.read_csv_rows(data, _SPLIT.value, log)
+        images, names = selected.images, selected.names
+        majority = labelled.ferplus_majority(_FERPLUS_LABELS.value, selected, log)
+    else:
         images, names = labelled.load_labelled(
             data, _SPLIT.value, predictor.image_size, predictor.channels, log
         )
-        kept, y_true, excluded = labelled.match_classes(np.arange(len(names)), names, class_names, log)
-        return images[kept], y_true, excluded, None
-    selected = labelled.read_csv_rows(data, _SPLIT.value, log)
-    majority = labelled.ferplus_majority(_FERPLUS_LABELS.value, selected, log)
+        majority = None
     # Filtering row numbers keeps the FER+ majority labels aligned with the kept images.
-    kept, y_true, excluded = labelled.match_classes(
-        np.arange(len(selected.names)), selected.names, class_names, log
-    )
-    index = {name: k for k, name in enumerate(class_names)}
-    return selected.images[kept], y_true, excluded, [index.get(majority[i], -1) for i in kept]
+    kept, y_true, excluded = labelled.match_classes(np.arange(len(names)), names, predictor.class_names, log)
+    if majority is None:
+        return images[kept], y_true, excluded, None
+    index = {name: k for k, name in enumerate(predictor.class_names)}
+    return images[kept], y_true, excluded, [index.get(majority[i], -1) for i in kept]
 
 
 def main(argv: list[str]) -> None:
