@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import data, metrics, quantize, runs, schema
+from fer_tf import data, metrics, quantize, runs
 from fer_tf.predict import LABELS_FILE, METADATA_FILE, SAVED_MODEL_DIR, SavedModelPredictor, TFLitePredictor
 
 TFLITE_FILES = {
@@ -312,17 +312,11 @@ def _requantization(int8_path: str) -> dict[str, Any]:
 
 def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """Writes a complete export into `staging` and returns its metadata; raises ParityError."""
-    run_info = runs.read_run_info(run_dir)
-    model = runs.load_run_model(run_dir, run_info)
-    data_dir = runs.resolve_data_dir(run_info["data_dir"], run_dir, "export")
-    data_info = schema.read_dataset_info(data_dir)
-    class_names = [str(c) for c in run_info["class_names"]]
+    run = runs.open_run(run_dir, "export")
+    run_info, model, data_dir, data_info = run.info, run.model, run.data_dir, run.data_info
+    class_names, model_size, channels = run.class_names, run.image_size, run.channels
+    tau = options["logit_adjust_tau"]
     split = _parity_split(data_dir, data_info, class_names)
-    model_size, channels, tau = (
-        int(run_info["image_size"]),
-        int(run_info["channels"]),
-        options["logit_adjust_tau"],
-    )
     size = check_input_size(options["input_size"], model_size)
     variants = ["float32"] + ["float16"] * options["fp16"] + ["int8"] * options["int8"]
 

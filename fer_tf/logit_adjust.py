@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import data, metrics, runs, schema
+from fer_tf import data, metrics, runs
 
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(21))  # 0.0, 0.1, ..., 2.0
 
@@ -30,23 +30,19 @@ def sweep_logit_adjust_tau(
       One row per tau: tau, accuracy, balanced_accuracy, macro_f1 and
       min_recall (of the weakest class).
     """
-    run_info = runs.read_run_info(run_dir)
-    model = runs.load_run_model(run_dir, run_info)
-    data_dir = runs.resolve_data_dir(run_info["data_dir"], run_dir, "export")
-    data_info = schema.read_dataset_info(data_dir)
-    class_names = [str(c) for c in run_info["class_names"]]
-    size, channels = int(run_info["image_size"]), int(run_info["channels"])
-    images, y_true = data.eval_arrays(data_dir, data_info, "val", image_size=size, channels=channels)
+    run = runs.open_run(run_dir, "export")
+    size, channels = run.image_size, run.channels
+    images, y_true = data.eval_arrays(run.data_dir, run.data_info, "val", image_size=size, channels=channels)
     x = data.preprocess_for_eval(tf.constant(images), size, channels).numpy()
     views = [
-        model.predict(v, batch_size=256, verbose=0)
+        run.model.predict(v, batch_size=256, verbose=0)
         for v in data.tta_views(tf.constant(x), tta_flip, tta_zoom)
     ]
-    log_prior = runs.train_log_prior(run_info, data_info)
+    log_prior = runs.train_log_prior(run.info, run.data_info)
     rows = []
     for tau in taus:
         probs = np.mean([tf.nn.softmax(v - tau * log_prior, axis=-1).numpy() for v in views], axis=0)
-        report = metrics.classification_report(y_true, probs.argmax(-1), class_names)
+        report = metrics.classification_report(y_true, probs.argmax(-1), run.class_names)
         rows.append({
             "tau": float(tau),
             "accuracy": report["accuracy"],

@@ -7,6 +7,7 @@ training class priors used for post-hoc logit adjustment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -102,6 +103,45 @@ def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:
             f"{path}: input shape {model.input_shape} differs from run_info [{size},{size},{channels}]"
         )
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished run opened for scoring or export (`open_run`)."""
+
+    run_dir: str
+    info: dict[str, Any]
+    model: keras.Model
+    data_dir: str
+    data_info: dict[str, Any]
+    class_names: list[str]
+    image_size: int
+    channels: int
+
+
+def open_run(run_dir: str, user: str) -> Run:
+    """Reads a run's info, loads its model and finds its converted dataset.
+
+    Args:
+      run_dir: a training run directory.
+      user: who needs the dataset (e.g. "export"), named in the error when it is missing.
+
+    Raises:
+      FileNotFoundError, ValueError: as `read_run_info`, `load_run_model` and `resolve_data_dir`.
+    """
+    info = read_run_info(run_dir)
+    model = load_run_model(run_dir, info)
+    data_dir = resolve_data_dir(info["data_dir"], run_dir, user)
+    return Run(
+        run_dir=run_dir,
+        info=info,
+        model=model,
+        data_dir=data_dir,
+        data_info=schema.read_dataset_info(data_dir),
+        class_names=[str(c) for c in info["class_names"]],
+        image_size=int(info["image_size"]),
+        channels=int(info["channels"]),
+    )
 
 
 def train_log_prior(run_info: Mapping[str, Any], data_info: Mapping[str, Any] | None) -> np.ndarray:

@@ -8,6 +8,7 @@ near-uniform probabilities. `make_run` is reused by tests/test_evaluate.py.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -258,6 +259,25 @@ def test_logit_adjustment_and_tta_are_in_the_graph(flip, zoom, tmp_path):
 def test_train_log_prior_reads_run_counts():
     info = {"class_names": ["a", "b", "c"], "train_class_counts": {"a": 6, "b": 3, "c": 0}}
     np.testing.assert_allclose(np.exp(runs.train_log_prior(info, None)), [0.6, 0.3, 0.1], rtol=1e-6)
+
+
+def test_open_run_finds_a_moved_dataset_and_names_who_needs_it(tmp_path):
+    run_dir, _ = make_run(str(tmp_path))
+    info_path = os.path.join(run_dir, "run_info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    # A relative data_dir that only resolves from the run directory.
+    info["data_dir"] = os.path.relpath(os.path.join(str(tmp_path), "data"), run_dir)
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    run = runs.open_run(run_dir, "export")
+    assert run.data_dir == os.path.join(run_dir, info["data_dir"])
+    assert (run.class_names, run.image_size, run.channels) == (list(CLASSES), SIZE, 1)
+    assert run.data_info["splits"]["train"]["class_counts"] == info["train_class_counts"]
+    assert run.model.input_shape[1:] == (SIZE, SIZE, 1)
+    shutil.rmtree(os.path.join(str(tmp_path), "data"))
+    with pytest.raises(FileNotFoundError, match="soup needs its train split"):
+        runs.open_run(run_dir, "soup")
 
 
 def test_model_with_unknown_custom_layer_fails_clearly(tmp_path):
