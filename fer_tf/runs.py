@@ -109,7 +109,6 @@ def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:
 class Run:
     """A finished run opened for scoring or export (`open_run`)."""
 
-    run_dir: str
     info: dict[str, Any]
     model: keras.Model
     data_dir: str
@@ -133,7 +132,6 @@ def open_run(run_dir: str, user: str) -> Run:
     model = load_run_model(run_dir, info)
     data_dir = resolve_data_dir(info["data_dir"], run_dir, user)
     return Run(
-        run_dir=run_dir,
         info=info,
         model=model,
         data_dir=data_dir,
