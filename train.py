@@ -129,13 +129,6 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["name", "data_dir"])
 
 
-def _number_or_text(value: str):
-    try:
-        return float(value) if "." in value or "e" in value.lower() else int(value)
-    except ValueError:
-        return value
-
-
 # Recipe flags whose TrainConfig field has another name, and flags that become tuples.
 FIELD_NAMES = {"augment": "augmentations", "mixup": "mixup_alpha", "cutmix": "cutmix_alpha",
                "lr": "learning_rate", "early_stopping": "early_stopping_patience"}  # fmt: skip
@@ -148,7 +141,7 @@ def recipe_from_flags() -> dict[str, Any]:
     model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
     for item in F.model_kw:
         key, _, value = item.partition("=")
-        model_kwargs[key] = _number_or_text(value)
+        model_kwargs[key] = cli.number_or_text(value)
     recipe = {"model_kwargs": model_kwargs}
     for name in RECIPE_FLAGS:
         if name not in MODEL_FLAGS:

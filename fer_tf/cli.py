@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -45,6 +46,14 @@ def fail(message: str, code: int = 2) -> None:
     """Prints a one-line error to stderr and exits with `code` (no traceback)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def number_or_text(value: str) -> Any:
+    """A flag value as int or float when it reads as one (`model_kw` values), else the text."""
+    try:
+        return float(value) if "." in value or "e" in value.lower() else int(value)
+    except ValueError:
+        return value
 
 
 def parse_input_range(value: str) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fer_tf import schema
+from fer_tf import recover, schema
 from fer_tf.classifiers import default_model_path
 from fer_tf.inference import Recognizer
 
@@ -73,3 +73,12 @@ def test_model_card_numbers_are_reproduced_by_evaluate():
     card = (RELEASE / "MODEL_CARD.md").read_text()
     assert f"{100 * result['accuracy']:.1f}%" in card
     assert f"{100 * result['balanced_accuracy']:.1f}%" in card
+
+
+def test_release_export_rebuilds_into_its_keras_model():
+    # configs/release_fer2013_v10.flags distils from this model after `python -m fer_tf.recover`;
+    # model_from_export checks the rebuilt network against the export's own endpoint.
+    model = recover.model_from_export(str(RELEASE))
+    meta = _metadata()
+    assert model.count_params() == meta["model"]["params"]
+    assert model.input_shape[1] == meta["preprocessing"]["network_input_size"]

@@ -1,0 +1,173 @@
+"""Rebuilds the Keras model of an export (DESIGN.md contract 4) from its SavedModel.
+
+An export is what survives of a run once its run directory is gone: this turns
+it back into a `model.keras` that `train.py --teacher` / `--init_weights`
+accept, e.g. to distil from the shipped model or fine-tune it on other data.
+
+  python -m fer_tf.recover --export=models/fer2013 --output=runs/release_fer2013_v7a
+
+The architecture comes from the flags the export recorded in metadata.json
+(`--model`, `--width`, `--dropout`, `--model_kw`) and its network input size.
+The SavedModel holds every weight as a variable, except where
+`quantize.pixel_network` folded the input rescale into the first convolution:
+that kernel is a graph constant scaled by `scale / 255`, and is unscaled here.
+The rebuilt model is checked against the export's own `lite` endpoint (logit
+adjustment and test-time views included) before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from fer_tf import cli, data, export_lib, models, runs
+
+# Largest |probability| difference between the export and the rebuilt model.
+CHECK_TOLERANCE = 1e-4
+CHECK_FACES = 8
+
+
+def model_from_export(export_dir: str) -> keras.Model:
+    """The export's network as a Keras model (float [0, 1] input -> logits).
+
+    Raises:
+      FileNotFoundError: no metadata.json or SavedModel in `export_dir`.
+      ValueError: the recorded flags name no registered model, a weight cannot be
+        found in the SavedModel, or the rebuilt model disagrees with the export.
+    """
+    meta = _read_metadata(export_dir)
+    loaded = tf.saved_model.load(os.path.join(export_dir, export_lib.SAVED_MODEL_DIR))
+    lite = loaded.signatures["lite"]
+    model = _build(meta)
+    stored = {v.name.split(":")[0]: v.numpy() for v in lite.variables}
+    missing = [w for w in model.weights if w.path not in stored]
+    for w in model.weights:
+        if w.path in stored:
+            w.assign(stored[w.path])
+    if missing:
+        _unfold_stem(model, missing, [c.numpy() for c in lite.captured_inputs if c.dtype == tf.float32])
+    _check(model, lite, meta)
+    return model
+
+
+def _read_metadata(export_dir: str) -> dict[str, Any]:
+    path = os.path.join(export_dir, export_lib.METADATA_FILE)
+    if not os.path.exists(path) or not os.path.isdir(os.path.join(export_dir, export_lib.SAVED_MODEL_DIR)):
+        raise FileNotFoundError(f"no export at {export_dir}: expected metadata.json and saved_model/")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _build(meta: Mapping[str, Any]) -> keras.Model:
+    recorded = meta.get("flags") or {}
+    name = recorded.get("model") or meta.get("model", {}).get("name")
+    if name not in models.MODELS:
+        raise ValueError(
+            f"the export's model {name!r} is not one of fer_tf.models ({', '.join(sorted(models.MODELS))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for key in ("width", "dropout"):
+        if recorded.get(key) not in (None, ""):
+            kwargs[key] = float(recorded[key])
+    for item in filter(None, (recorded.get("model_kw") or "").split(",")):
+        key, _, value = item.partition("=")
+        kwargs[key.strip()] = cli.number_or_text(value.strip())
+    prep = meta["preprocessing"]
+    size = prep.get("network_input_size", meta["input_size"])
+    return models.build_model(name, meta["num_classes"], (size, size, meta["channels"]), **kwargs)
+
+
+def _unfold_stem(model: keras.Model, missing: list, constants: list[np.ndarray]) -> None:
+    """Restores the convolution `quantize.pixel_network` folded the rescale into."""
+    rescale = model.layers[1] if len(model.layers) > 1 else None
+    conv = model.layers[2] if len(model.layers) > 2 else None
+    kernel = getattr(conv, "kernel", None)
+    if (
+        not isinstance(rescale, keras.layers.Rescaling)
+        or kernel is None
+        or [w.path for w in missing] != [kernel.path]
+    ):
+        raise ValueError(
+            f"the SavedModel lacks weights {[w.path for w in missing]}: not an export of this model"
+        )
+    scale, offset = float(rescale.scale) / 255.0, float(rescale.offset)
+    shape = tuple(kernel.shape)
+    candidates = [c for c in constants if c.shape == shape]
+    if len(candidates) != 1:
+        raise ValueError(
+            f"found {len(candidates)} constants of {conv.name}'s kernel shape {shape}, expected 1"
+        )
+    unfolded = candidates[0] / scale
+    if conv.use_bias:
+        folded_bias = [c for c in constants if c.shape == (shape[-1],)]
+        sums = offset * unfolded.sum(axis=(0, 1, 2))
+        # bias_folded = bias + offset * sum(W): the bias variable already holds `bias`.
+        if not any(np.allclose(c, conv.bias.numpy() + sums, atol=1e-4) for c in folded_bias):
+            raise ValueError(f"{conv.name}'s folded bias does not match its kernel")
+    kernel.assign(unfolded)
+
+
+def _check(model: keras.Model, lite: Any, meta: Mapping[str, Any]) -> None:
+    """Raises ValueError unless `model` reproduces the export's `lite` probabilities."""
+    prep = meta["preprocessing"]
+    size, channels, net = meta["input_size"], meta["channels"], model.input_shape[1]
+    counts = {
+        "class_names": meta["class_names"],
+        "train_class_counts": meta["source_dataset"]["train_class_counts"],
+    }
+    log_prior = runs.train_log_prior(counts, None).astype(np.float32)
+    tau = float(prep.get("logit_adjust_tau") or 0.0)
+    rng = np.random.default_rng(0)
+    # Smooth random faces: a low-resolution grid upscaled, so the check sees structure, not noise only.
+    coarse = rng.uniform(0, 255, (CHECK_FACES, 6, 6, channels)).astype(np.float32)
+    pixels = tf.cast(tf.round(tf.image.resize(coarse, [size, size])), tf.uint8)
+    want = np.concatenate(
+        [lite(images=pixels[i : i + 1])["probabilities"].numpy() for i in range(CHECK_FACES)]
+    )
+    x = (
+        tf.image.resize(tf.cast(pixels, tf.float32), [net, net], method="bilinear")
+        if size != net
+        else tf.cast(pixels, tf.float32)
+    )
+    views = data.tta_views(x / 255.0, bool(prep.get("tta_flip")), float(prep.get("tta_zoom") or 0.0))
+    got = np.mean([tf.nn.softmax(model(v, training=False) - tau * log_prior).numpy() for v in views], axis=0)
+    diff = float(np.abs(got - want).max())
+    if diff > CHECK_TOLERANCE:
+        raise ValueError(f"the rebuilt model differs from the export by up to {diff:.2g} in probability")
+
+
+def write_model(export_dir: str, output: str) -> str:
+    """Rebuilds the export's model and saves it as `output` (a .keras file, or `<dir>/model.keras`)."""
+    model = model_from_export(export_dir)
+    path = output if output.endswith(".keras") else os.path.join(output, "model.keras")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    model.save(path)
+    return path
+
+
+def define_flags() -> None:
+    """Defines the CLI flags; called only when run as a script, so importing defines none."""
+    flags.DEFINE_string("export", None, "Export directory (metadata.json, saved_model/).")
+    flags.DEFINE_string("output", None, "A .keras file, or a run directory to hold model.keras.")
+    flags.mark_flags_as_required(["export", "output"])
+
+
+def main(argv) -> None:
+    del argv
+    try:
+        path = write_model(flags.FLAGS.export, flags.FLAGS.output)
+    except (FileNotFoundError, ValueError) as e:
+        cli.fail(str(e))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
