@@ -139,9 +139,7 @@ MODEL_FLAGS = ("model_kw", "width", "dropout")
 def recipe_from_flags() -> dict[str, Any]:
     """TrainConfig fields from the recipe flags: all but run_dir, data_dir, crt_from and seed."""
     model_kwargs = {k: v for k, v in (("width", F.width), ("dropout", F.dropout)) if v is not None}
-    for item in F.model_kw:
-        key, _, value = item.partition("=")
-        model_kwargs[key] = cli.number_or_text(value)
+    model_kwargs.update(cli.parse_model_kw(F.model_kw))
     recipe = {"model_kwargs": model_kwargs}
     for name in RECIPE_FLAGS:
         if name not in MODEL_FLAGS:

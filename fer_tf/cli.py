@@ -56,6 +56,12 @@ def number_or_text(value: str) -> Any:
         return value
 
 
+def parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
+    """`--model_kw` items ("depth=0.5", "activation=hard_silu") as model keywords."""
+    pairs = (item.partition("=") for item in items if item)
+    return {key.strip(): number_or_text(value.strip()) for key, _, value in pairs}
+
+
 def parse_input_range(value: str) -> tuple[float, float]:
     """'low,high' -> (low, high); a one-line error unless two finite increasing numbers."""
     try:

@@ -76,9 +76,7 @@ def _build(meta: Mapping[str, Any]) -> keras.Model:
     for key in ("width", "dropout"):
         if recorded.get(key) not in (None, ""):
             kwargs[key] = float(recorded[key])
-    for item in filter(None, (recorded.get("model_kw") or "").split(",")):
-        key, _, value = item.partition("=")
-        kwargs[key.strip()] = cli.number_or_text(value.strip())
+    kwargs.update(cli.parse_model_kw((recorded.get("model_kw") or "").split(",")))
     prep = meta["preprocessing"]
     size = prep.get("network_input_size", meta["input_size"])
     return models.build_model(name, meta["num_classes"], (size, size, meta["channels"]), **kwargs)
