@@ -72,6 +72,11 @@ def define_recipe_flags(epochs: int = 30) -> None:
     flags.DEFINE_float(
         "teacher_zoom", 0.0, "Also average the teacher over each image's centre zoomed this much (0: off)."
     )
+    flags.DEFINE_float(
+        "teacher_tau",
+        0.0,
+        "Logit-adjust the teacher by tau * log training prior, to teach balanced (0: off).",
+    )
     flags.DEFINE_enum("loss", "crossentropy", LOSSES, "Loss function.")
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
     flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")

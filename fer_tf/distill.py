@@ -11,7 +11,10 @@ its centre zoom with `zoom` (the views of export.py's test-time augmentation).
 A teacher with another square input size (a 48x48 teacher for a 56x56 student)
 sees the batch resized to its size, antialiased bilinear like evaluation.
 Several teachers (an ensemble: `load_teachers("runs/a,runs/b")`) are averaged,
-each over its own views at its own input size.
+each over its own views at its own input size. With `tau` > 0 the teacher's
+logits are first logit-adjusted, `logits - tau * log_prior` (Menon et al. 2021),
+so the student learns the teacher's class-balanced distribution rather than the
+training prior it was fit to.
 At temperature 1 the cross-entropy to these targets is Hinton's distillation
 loss plus a constant; the temperature here only softens the teacher.
 
@@ -25,6 +28,7 @@ import os
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from fer_tf import data
@@ -71,17 +75,25 @@ def check_teacher(teacher: keras.Model, input_shape: tuple[int, ...], num_classe
 
 
 def teacher_probabilities(
-    teacher: keras.Model, images: tf.Tensor, temperature: float = 1.0, flip: bool = False, zoom: float = 0.0
+    teacher: keras.Model,
+    images: tf.Tensor,
+    temperature: float = 1.0,
+    flip: bool = False,
+    zoom: float = 0.0,
+    adjustment: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """softmax(teacher(images) / temperature), averaged over the views of `data.tta_views`.
+    """softmax((teacher(images) - adjustment) / temperature), averaged over the views of `data.tta_views`.
 
     The images are first resized to the teacher's input size if it differs; the
     mirror (`flip`) and the centre zoom (`zoom` > 1, 0: none) are taken at that size.
+    `adjustment` ([K], None: none) is subtracted from every view's logits.
     """
     # On a float batch in [0, 1], preprocess_for_eval is only the evaluation resize (none at equal size).
     images = data.preprocess_for_eval(images, teacher.input_shape[1], images.shape[-1])
     views = data.tta_views(images, flip, zoom)
     logits = tf.cast(teacher(tf.concat(views, axis=0), training=False), tf.float32)
+    if adjustment is not None:
+        logits = logits - tf.cast(adjustment, tf.float32)
     probs = tf.nn.softmax(logits / temperature, axis=-1)
     return tf.add_n(tf.split(probs, len(views), axis=0)) / float(len(views))
 
@@ -93,6 +105,8 @@ def distill_targets(
     temperature: float = 1.0,
     flip: bool = False,
     zoom: float = 0.0,
+    tau: float = 0.0,
+    log_prior: Sequence[float] | None = None,
 ) -> tf.data.Dataset:
     """Maps (images, targets) batches to (images, targets blended with the teacher's predictions).
 
@@ -104,6 +118,8 @@ def distill_targets(
       temperature: teacher softmax temperature (> 0).
       flip: average the teacher over each image and its mirror.
       zoom: also average over each image's centre zoomed by this factor (0: off).
+      tau: logit-adjust the teachers by `tau * log_prior` first (0: off; >= 0).
+      log_prior: log training class priors [K] (`runs.train_log_prior`), needed when tau > 0.
 
     Returns:
       The dataset with blended targets, prefetched.
@@ -112,11 +128,18 @@ def distill_targets(
         raise ValueError(f"distillation weight must be in (0, 1], got {weight}")
     if temperature <= 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    if tau < 0:
+        raise ValueError(f"teacher logit-adjustment tau must be >= 0, got {tau}")
+    adjustment = None
+    if tau:
+        if log_prior is None:
+            raise ValueError("teacher logit adjustment (tau > 0) needs the training log priors")
+        adjustment = tf.constant(tau * np.asarray(log_prior, dtype=np.float32))
 
     teachers = [teacher] if isinstance(teacher, keras.Model) else list(teacher)
 
     def blend(images, targets):  # traced into a graph by map
-        every = [teacher_probabilities(t, images, temperature, flip, zoom) for t in teachers]
+        every = [teacher_probabilities(t, images, temperature, flip, zoom, adjustment) for t in teachers]
         soft = tf.add_n(every) / float(len(every))
         return images, (1.0 - weight) * targets + weight * tf.cast(soft, targets.dtype)
 

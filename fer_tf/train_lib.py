@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import augment, data, distill, losses, metrics, model_tools, models, report, schema
+from fer_tf import augment, data, distill, losses, metrics, model_tools, models, report, runs, schema
 from fer_tf import callbacks as cb
 from fer_tf.optim import make_optimizer
 
@@ -58,6 +58,7 @@ class TrainConfig:
     distill_temperature: float = 1.0
     teacher_flip: bool = True
     teacher_zoom: float = 0.0
+    teacher_tau: float = 0.0  # logit-adjust the teachers by tau * log training prior (0: off)
     # loss
     loss: str = "crossentropy"
     label_smoothing: float = 0.0
@@ -230,6 +231,8 @@ def _train_input(config, info, strategy, epoch_var):
             config.distill_temperature,
             flip=config.teacher_flip,
             zoom=config.teacher_zoom,
+            tau=config.teacher_tau,
+            log_prior=runs.train_log_prior(info, info) if config.teacher_tau else None,
         )
     if context is not None:
         # Files are already split per worker; Keras splits each global batch over replicas.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import data, distill, schema, train_lib
+from fer_tf import data, distill, runs, schema, train_lib
 
 
 def _teacher(seed=0, num_classes=7, input_shape=(48, 48, 1)):
@@ -118,6 +118,61 @@ def test_teacher_must_match_the_student():
         distill.check_teacher(_teacher(input_shape=(48, 48, 3)), (48, 48, 1), 7)
     with pytest.raises(ValueError, match=r"takes \(48, 40, 1\)"):
         distill.check_teacher(_teacher(input_shape=(48, 40, 1)), (48, 48, 1), 7)
+
+
+def test_adjusted_teacher_teaches_its_class_balanced_distribution():
+    """With tau > 0 every teacher's logits lose tau * log prior before the softmax: the rare
+    classes gain, and an ensemble averages its members' adjusted probabilities."""
+    small, large = _teacher(5), _teacher(6, input_shape=(56, 56, 1))
+    images = np.random.default_rng(5).random((8, 56, 56, 1), dtype=np.float32)
+    labels = tf.one_hot(np.arange(8) % 7, 7).numpy()
+    counts = np.array([4000, 400, 4000, 7000, 5000, 3000, 5000], np.float64)
+    log_prior = np.log(counts / counts.sum())
+    ds = _batches(images, labels)
+    got = np.concatenate(
+        [y for _, y in distill.distill_targets(ds, [small, large], 0.5, tau=0.6, log_prior=log_prior)]
+    )
+    resized = tf.image.resize(images, [48, 48], antialias=True)
+    adjusted = [
+        tf.nn.softmax(teacher(x, training=False) - 0.6 * log_prior).numpy()
+        for teacher, x in ((small, resized), (large, images))
+    ]
+    np.testing.assert_allclose(got, 0.5 * labels + 0.25 * (adjusted[0] + adjusted[1]), atol=1e-5)
+    plain = np.concatenate([y for _, y in distill.distill_targets(ds, [small, large], 0.5)])
+    assert (got[:, 1] > plain[:, 1]).all(), "the rarest class (disgust) must gain in every target"
+    assert (got[:, 3] < plain[:, 3]).all(), "the commonest class (happy) must lose in every target"
+
+
+def test_adjusted_teacher_needs_priors_and_a_non_negative_tau():
+    ds = _batches(np.zeros((4, 48, 48, 1), np.float32), np.eye(7, dtype=np.float32)[:4])
+    with pytest.raises(ValueError, match="needs the training log priors"):
+        distill.distill_targets(ds, _teacher(), 0.5, tau=0.6)
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        distill.distill_targets(ds, _teacher(), 0.5, tau=-0.1, log_prior=np.zeros(7))
+
+
+def test_run_adjusts_its_teacher_by_the_training_prior(synthetic_data_dir, tmp_path):
+    """train_lib feeds the dataset's training class counts to the teacher's adjustment."""
+    teacher = _teacher(7)
+    teacher_path = str(tmp_path / "teacher.keras")
+    teacher.save(teacher_path)
+    config = train_lib.TrainConfig(
+        run_dir=str(tmp_path / "student"),
+        data_dir=synthetic_data_dir,
+        batch_size=16,
+        teacher=teacher_path,
+        distill_weight=1.0,
+        teacher_flip=False,
+        teacher_tau=1.0,
+    )
+    info = schema.read_dataset_info(synthetic_data_dir)
+    log_prior = runs.train_log_prior(info, info)
+    assert np.ptp(log_prior) > 1.0, "the synthetic data must be imbalanced for this test to bite"
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    images, targets = next(iter(train_lib._train_input(config, info, tf.distribute.get_strategy(), epoch)))
+    want = tf.nn.softmax(teacher(images, training=False) - log_prior).numpy()
+    np.testing.assert_allclose(targets.numpy(), want, atol=1e-5)
+    assert not np.allclose(targets.numpy(), tf.nn.softmax(teacher(images, training=False)).numpy(), atol=1e-3)
 
 
 @pytest.mark.parametrize("weight, temperature", [(0.0, 1.0), (1.5, 1.0), (0.5, 0.0)])
