@@ -6,6 +6,12 @@ accept, e.g. to distil from the shipped model or fine-tune it on other data.
 
   python -m fer_tf.recover --export=models/fer2013 --output=runs/release_fer2013_v7a
 
+Given a directory, it also writes the run_info.json and flags.txt a training run
+has, from what the export recorded (classes, network input size, training class
+counts, data directory, training flags), unless the directory already has them:
+the recovered directory is then a run that `export.py` re-exports (another tau or
+test-time view) and `soup.py` averages with its fine-tunes.
+
 The architecture comes from the flags the export recorded in metadata.json
 (`--model`, `--width`, `--dropout`, `--model_kw`) and its network input size.
 The SavedModel holds every weight as a variable, except where
@@ -65,9 +71,14 @@ def _read_metadata(export_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def _model_name(meta: Mapping[str, Any]) -> str | None:
+    """The architecture's name: the training flag, else the export's model record."""
+    return (meta.get("flags") or {}).get("model") or (meta.get("model") or {}).get("name")
+
+
 def _build(meta: Mapping[str, Any]) -> keras.Model:
     recorded = meta.get("flags") or {}
-    name = recorded.get("model") or meta.get("model", {}).get("name")
+    name = _model_name(meta)
     if name not in models.MODELS:
         raise ValueError(
             f"the export's model {name!r} is not one of fer_tf.models ({', '.join(sorted(models.MODELS))})"
@@ -142,12 +153,39 @@ def _check(model: keras.Model, lite: Any, meta: Mapping[str, Any]) -> None:
 
 
 def write_model(export_dir: str, output: str) -> str:
-    """Rebuilds the export's model and saves it as `output` (a .keras file, or `<dir>/model.keras`)."""
+    """Rebuilds the export's model and saves it as `output` (a .keras file, or `<dir>/model.keras`
+    with the run files of `write_run_files`)."""
     model = model_from_export(export_dir)
     path = output if output.endswith(".keras") else os.path.join(output, "model.keras")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     model.save(path)
+    if not output.endswith(".keras"):
+        write_run_files(_read_metadata(export_dir), model, output, export_dir)
     return path
+
+
+def write_run_files(meta: Mapping[str, Any], model: keras.Model, run_dir: str, export_dir: str) -> None:
+    """Writes `run_dir`'s run_info.json and flags.txt from the export's metadata, keeping existing ones."""
+    source = meta.get("source_dataset") or {}
+    run_info = {
+        "data_dir": source.get("data_dir", ""),
+        "class_names": list(meta["class_names"]),
+        "image_size": int(model.input_shape[1]),
+        "channels": int(meta["channels"]),
+        "model": _model_name(meta),
+        "params": int(model.count_params()),
+        "dataset_source": source.get("source"),
+        "train_class_counts": source.get("train_class_counts"),
+        "recovered_from": runs.portable_paths(export_dir),
+    }
+    info_path = os.path.join(run_dir, "run_info.json")
+    if not os.path.exists(info_path):
+        with open(info_path, "w") as f:
+            json.dump(run_info, f, indent=2)
+    flags_path = os.path.join(run_dir, "flags.txt")
+    if meta.get("flags") and not os.path.exists(flags_path):
+        with open(flags_path, "w") as f:
+            f.writelines(f"--{name}={value}\n" for name, value in meta["flags"].items())
 
 
 def define_flags() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import export_lib, models, recover
+from fer_tf import export_lib, models, recover, runs
 from tests.test_export import make_run, run_script
 
 
@@ -43,6 +43,33 @@ def test_rebuilt_model_has_the_exported_weights(fernet_export, tmp_path):
         np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, err_msg=want.path)
     x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 1)).astype(np.float32)
     np.testing.assert_allclose(rebuilt(x), original(x), atol=1e-4)
+
+
+def test_recovered_directory_is_a_run(fernet_export, tmp_path):
+    """The directory gets the run files export.py and soup.py read, from the export's metadata."""
+    original, out = fernet_export
+    meta = recover._read_metadata(out)
+    run_dir = str(tmp_path / "run")
+    recover.write_model(out, run_dir)
+    info = runs.read_run_info(run_dir)
+    assert info["class_names"] == meta["class_names"]
+    assert (info["image_size"], info["channels"], info["model"]) == (32, 1, "fernet")  # the network's size
+    assert info["params"] == original.count_params()
+    counts = meta["source_dataset"]["train_class_counts"]
+    np.testing.assert_allclose(
+        runs.train_log_prior(info, None), runs.train_log_prior({**info, "train_class_counts": counts}, None)
+    )
+    assert info["train_class_counts"] and info["data_dir"] == meta["source_dataset"]["data_dir"]
+    flags = runs.read_flags(os.path.join(run_dir, "flags.txt"))
+    assert (flags["width"], flags["dropout"], flags["model_kw"]) == ("0.25", "0.1", "depth=0.5")
+    # An existing run's files are kept; a .keras output writes no run files.
+    with open(os.path.join(run_dir, "run_info.json"), "w") as f:
+        f.write('{"kept": true}')
+    recover.write_model(out, run_dir)
+    with open(os.path.join(run_dir, "run_info.json")) as f:
+        assert f.read() == '{"kept": true}'
+    recover.write_model(out, str(tmp_path / "alone" / "m.keras"))
+    assert os.listdir(tmp_path / "alone") == ["m.keras"]
 
 
 def test_check_refuses_a_model_that_differs_from_the_export(fernet_export):
