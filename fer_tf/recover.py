@@ -6,9 +6,10 @@ accept, e.g. to distil from the shipped model or fine-tune it on other data.
 
   python -m fer_tf.recover --export=models/fer2013 --output=runs/release_fer2013_v7a
 
-Given a directory, it also writes the run_info.json and flags.txt a training run
-has, from what the export recorded (classes, network input size, training class
-counts, data directory, training flags), unless the directory already has them:
+Given a directory, it also writes the run_info.json, flags.txt and metrics.json a
+training run has, from what the export recorded (classes, network input size,
+training class counts, data directory, training flags, the run's validation
+metrics), unless the directory already has them:
 the recovered directory is then a run that `export.py` re-exports (another tau or
 test-time view) and `soup.py` averages with its fine-tunes.
 
@@ -165,7 +166,8 @@ def write_model(export_dir: str, output: str) -> str:
 
 
 def write_run_files(meta: Mapping[str, Any], model: keras.Model, run_dir: str, export_dir: str) -> None:
-    """Writes `run_dir`'s run_info.json and flags.txt from the export's metadata, keeping existing ones."""
+    """Writes `run_dir`'s run_info.json, flags.txt and metrics.json from the export's metadata,
+    keeping existing ones."""
     source = meta.get("source_dataset") or {}
     run_info = {
         "data_dir": source.get("data_dir", ""),
@@ -186,6 +188,11 @@ def write_run_files(meta: Mapping[str, Any], model: keras.Model, run_dir: str, e
     if meta.get("flags") and not os.path.exists(flags_path):
         with open(flags_path, "w") as f:
             f.writelines(f"--{name}={value}\n" for name, value in meta["flags"].items())
+    run_metrics = (meta.get("validation_metrics") or {}).get("run")
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if run_metrics and not os.path.exists(metrics_path):
+        with open(metrics_path, "w") as f:
+            json.dump(run_metrics, f, indent=2)
 
 
 def define_flags() -> None:

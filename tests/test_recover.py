@@ -1,5 +1,6 @@
 """Tests for fer_tf/recover.py: an export turned back into the Keras model it was exported from."""
 
+import json
 import os
 
 import keras
@@ -62,6 +63,8 @@ def test_recovered_directory_is_a_run(fernet_export, tmp_path):
     assert info["train_class_counts"] and info["data_dir"] == meta["source_dataset"]["data_dir"]
     flags = runs.read_flags(os.path.join(run_dir, "flags.txt"))
     assert (flags["width"], flags["dropout"], flags["model_kw"]) == ("0.25", "0.1", "depth=0.5")
+    with open(os.path.join(run_dir, "metrics.json")) as f:  # the run's own, so a re-export keeps them
+        assert json.load(f) == meta["validation_metrics"]["run"] and meta["validation_metrics"]["run"]
     # An existing run's files are kept; a .keras output writes no run files.
     with open(os.path.join(run_dir, "run_info.json"), "w") as f:
         f.write('{"kept": true}')
