@@ -180,19 +180,17 @@ def write_run_files(meta: Mapping[str, Any], model: keras.Model, run_dir: str, e
         "train_class_counts": source.get("train_class_counts"),
         "recovered_from": runs.portable_paths(export_dir),
     }
-    info_path = os.path.join(run_dir, "run_info.json")
-    if not os.path.exists(info_path):
-        with open(info_path, "w") as f:
-            json.dump(run_info, f, indent=2)
-    flags_path = os.path.join(run_dir, "flags.txt")
-    if meta.get("flags") and not os.path.exists(flags_path):
-        with open(flags_path, "w") as f:
-            f.writelines(f"--{name}={value}\n" for name, value in meta["flags"].items())
     run_metrics = (meta.get("validation_metrics") or {}).get("run")
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    if run_metrics and not os.path.exists(metrics_path):
-        with open(metrics_path, "w") as f:
-            json.dump(run_metrics, f, indent=2)
+    files = {
+        "run_info.json": json.dumps(run_info, indent=2),
+        "flags.txt": "".join(f"--{name}={value}\n" for name, value in (meta.get("flags") or {}).items()),
+        "metrics.json": json.dumps(run_metrics, indent=2) if run_metrics else "",
+    }
+    for name, text in files.items():
+        path = os.path.join(run_dir, name)
+        if text and not os.path.exists(path):  # nothing recorded, or the run's own file: left alone
+            with open(path, "w") as f:
+                f.write(text)
 
 
 def define_flags() -> None:
