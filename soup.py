@@ -1,7 +1,7 @@
 """Averages the weights of finished runs into one model (a "model soup"; fer_tf/soup.py).
 
     python soup.py --runs=runs/a,runs/b[,...] --output=runs/soup [--recipe=greedy|uniform]
-        [--monitor=accuracy] [--bn_batches=0]
+        [--monitor=accuracy] [--bn_batches=0] [--checkpoint=best|last]
 
 The runs must share a model and dataset and, to average well, start from the
 same weights (e.g. `train.py --init_weights=` fine-tunes with different seeds).
@@ -30,6 +30,13 @@ _BN_BATCHES = flags.DEFINE_integer(
     "Clean training batches that re-estimate BatchNorm statistics (0: keep the averaged ones; "
     "re-estimating cost FERNet 3.8 points of accuracy, see fer_tf/soup.py).",
 )
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint",
+    "best",
+    ["best", "last"],
+    "Weights of each run: best (model.keras, its best validation epoch) or last (its final epoch, "
+    "checkpoints/last.keras, which runs trained by train.py keep).",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of scoring and re-estimation.")
 
 
@@ -40,8 +47,9 @@ def main(argv: list[str]) -> None:
         fail("--runs needs at least two run directories, e.g. --runs=runs/a,runs/b", 2)
     if not _OUTPUT.value:
         fail("--output is required (the soup's run directory, e.g. runs/soup)", 2)
+    weights = os.path.join("checkpoints", "last.keras") if _CHECKPOINT.value == "last" else "model.keras"
     for run_dir in _RUNS.value:
-        for name in ("run_info.json", "model.keras"):
+        for name in ("run_info.json", weights):
             if not os.path.exists(os.path.join(run_dir, name)):
                 fail(f"{os.path.join(run_dir, name)} not found: is {run_dir} a finished training run?", 2)
     if _BN_BATCHES.value < 0:
@@ -56,6 +64,7 @@ def main(argv: list[str]) -> None:
             recipe=_RECIPE.value,
             monitor=_MONITOR.value,
             bn_batches=_BN_BATCHES.value,
+            checkpoint=_CHECKPOINT.value,
             batch_size=_BATCH_SIZE.value,
             flags_text=F.flags_into_string(),
         )

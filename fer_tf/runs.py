@@ -78,17 +78,23 @@ def resolve_data_dir(data_dir: str, run_dir: str, user: str) -> str:
     )
 
 
-def load_run_model(run_dir: str, run_info: Mapping[str, Any]) -> keras.Model:
-    """Loads `model.keras` of a run, with fer_tf's custom layers registered.
+def load_run_model(run_dir: str, run_info: Mapping[str, Any], filename: str = "model.keras") -> keras.Model:
+    """Loads `model.keras` (or another model file) of a run, with fer_tf's custom layers registered.
+
+    Args:
+      run_dir: the run directory.
+      run_info: its run_info.json.
+      filename: the model file, relative to `run_dir`: "model.keras" (the
+        best epoch) or "checkpoints/last.keras" (the final one).
 
     Raises:
-      FileNotFoundError: when `model.keras` is missing.
+      FileNotFoundError: when the model file is missing.
       ValueError: when the model cannot be deserialized (e.g. a custom layer
         that is not importable) or its input shape differs from the run's.
     """
-    path = os.path.join(run_dir, "model.keras")
+    path = os.path.join(run_dir, filename)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: has the run finished an epoch?")
+        raise FileNotFoundError(f"{path} not found: has the run finished training?")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises TypeError/ValueError/KeyError here.

@@ -10,6 +10,10 @@ run directory that export.py takes like any other:
 - `greedy`: runs sorted by their own validation score, each added only when
   the soup's score does not drop (the first run always stays).
 
+Each run contributes its best epoch (model.keras) or, with `checkpoint="last"`,
+its final epoch: the fine-tunes of the original soups, and weights that no
+validation score picked, so only the recipe's own choice looks at validation.
+
 BatchNorm moving statistics of an average are not the statistics of the
 averaged network; `recalibrate_batchnorm` can re-estimate them on clean
 training images (as stochastic weight averaging does), but by default the
@@ -36,6 +40,9 @@ from fer_tf import data, metrics, report, runs, schema
 
 RECIPES = ("uniform", "greedy")
 MONITORS = ("accuracy", "balanced_accuracy", "macro_f1")
+# Which weights of a run go into a soup, by file: the best epoch on validation,
+# or the final epoch (train_lib.LAST_CHECKPOINT), which no validation score chose.
+CHECKPOINTS = {"best": "model.keras", "last": os.path.join("checkpoints", "last.keras")}
 
 
 def average_weights(models: Sequence[keras.Model]) -> list[np.ndarray]:
@@ -125,6 +132,7 @@ def make_soup(
     recipe: str = "greedy",
     monitor: str = "accuracy",
     bn_batches: int = 0,
+    checkpoint: str = "best",
     batch_size: int = 128,
     flags_text: str = "",
     log: Callable[[str], None] = _log,
@@ -140,6 +148,9 @@ def make_soup(
       monitor: validation metric that orders and admits ingredients.
       bn_batches: clean training batches for BatchNorm re-estimation (0: keep
         the averaged statistics, the default; see the module docstring).
+      checkpoint: which weights of each run go in: "best" (model.keras, the
+        epoch its monitor chose on validation) or "last" (the final epoch,
+        checkpoints/last.keras), as in Wortsman et al.'s soups of fine-tunes.
       batch_size: batch size of scoring and re-estimation.
       flags_text: the calling command's flags, written to flags.txt.
       log: progress messages.
@@ -156,6 +167,8 @@ def make_soup(
         raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     if monitor not in MONITORS:
         raise ValueError(f"monitor {monitor!r}: expected one of {', '.join(MONITORS)}")
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
     if len(run_dirs) < 2:
         raise ValueError(f"a soup needs at least two runs, got {len(run_dirs)}")
     if os.path.exists(os.path.join(output_dir, "model.keras")):
@@ -174,7 +187,10 @@ def make_soup(
         data_dir, dataset_info, "train", batch_size=batch_size, image_size=size, channels=channels
     ).map(lambda images, targets: images)
 
-    models = [runs.load_run_model(run_dir, info) for run_dir, info in zip(run_dirs, infos, strict=True)]
+    models = [
+        runs.load_run_model(run_dir, info, CHECKPOINTS[checkpoint])
+        for run_dir, info in zip(run_dirs, infos, strict=True)
+    ]
     scores = [_score(model, val_ds, class_names) for model in models]
     for run_dir, score in zip(run_dirs, scores, strict=True):
         log(f"ingredient {run_dir}: val {monitor} {score[monitor]:.4f}")
@@ -207,7 +223,7 @@ def make_soup(
     _write_soup_run(
         output_dir, soup, result, info0, flags_text,
         record={
-            "recipe": recipe, "monitor": monitor, "bn_batches": bn_batches,
+            "recipe": recipe, "monitor": monitor, "bn_batches": bn_batches, "checkpoint": checkpoint,
             "ingredients": [
                 {"run_dir": run_dir, f"val_{monitor}": scores[i][monitor], "in_soup": i in members}
                 for i, run_dir in enumerate(run_dirs)

@@ -86,6 +86,26 @@ def test_greedy_soup_drops_a_harmful_run_and_uniform_keeps_it(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_last_checkpoint_soup_averages_the_final_epochs(tmp_path):
+    """checkpoint="last" reads checkpoints/last.keras, not the best-epoch model.keras."""
+    good, bad, arrays = _two_runs(str(tmp_path))
+    for run_dir in (good, bad):
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        shutil.copy(os.path.join(good, "model.keras"), os.path.join(run_dir, "checkpoints", "last.keras"))
+    last = soup.make_soup(
+        [bad, good], str(tmp_path / "last"), recipe="uniform", checkpoint="last", log=lambda m: None
+    )
+    best = soup.make_soup([bad, good], str(tmp_path / "best"), recipe="uniform", log=lambda m: None)
+    x_val, y_val = arrays["val"]
+    good_accuracy = np.mean(brightness_model().predict(x_val / 255.0, verbose=0).argmax(-1) == y_val)
+    assert last["accuracy"] == pytest.approx(good_accuracy) and good_accuracy > 0.9
+    assert best["accuracy"] == pytest.approx(np.mean(y_val == 0))  # bad's best model cancels good's head
+    with open(tmp_path / "last" / "run_info.json") as f:
+        assert json.load(f)["soup"]["checkpoint"] == "last"
+    with pytest.raises(ValueError, match="checkpoint 'first'"):
+        soup.make_soup([bad, good], str(tmp_path / "x"), checkpoint="first", log=lambda m: None)
+
+
 def test_soup_cli_output_exports_like_a_run(tmp_path):
     first, _, _ = _two_runs(str(tmp_path))
     second = os.path.join(os.path.dirname(first), "second")
@@ -111,6 +131,12 @@ def test_soup_cli_errors(tmp_path):
     assert one.returncode == 2 and "at least two" in one.stderr
     missing = run_script("soup.py", f"--runs={first},{tmp_path / 'nope'}", f"--output={tmp_path / 'x'}")
     assert missing.returncode == 2 and "not found" in missing.stderr
+    second = os.path.join(os.path.dirname(first), "second")
+    shutil.copytree(first, second)
+    no_last = run_script(
+        "soup.py", f"--runs={first},{second}", f"--output={tmp_path / 'x'}", "--checkpoint=last"
+    )
+    assert no_last.returncode == 2 and os.path.join("checkpoints", "last.keras") in no_last.stderr
     other = os.path.join(os.path.dirname(first), "other")
     shutil.copytree(first, other)
     with open(os.path.join(other, "run_info.json")) as f:

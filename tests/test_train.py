@@ -72,6 +72,7 @@ def test_run_directory_follows_the_contract(finished_run, synthetic_data_dir):
         "metrics.json",
         "history.csv",
         "checkpoints/best.keras",
+        "checkpoints/last.keras",
         "confusion_matrix.png",
         "curves.png",
     ):
@@ -107,6 +108,23 @@ def test_saved_model_reproduces_the_reported_metrics(finished_run, synthetic_dat
     val = data.make_eval_dataset(synthetic_data_dir, info, "val", batch_size=64)
     y_true, logits = metrics.predict_labels(model, val)
     assert metrics.classification_report(y_true, logits, info["class_names"]) == result
+
+
+def test_last_checkpoint_holds_the_final_epoch(finished_run, synthetic_data_dir):
+    """checkpoints/last.keras scores what history.csv logged for the final epoch (soup.py --checkpoint=last)."""
+    from fer_tf import data, metrics
+
+    config, _ = finished_run
+    with open(os.path.join(config.run_dir, "history.csv"), newline="") as f:
+        final = list(csv.DictReader(f))[-1]
+    model = keras.models.load_model(os.path.join(config.run_dir, "checkpoints", "last.keras"), compile=False)
+    info = schema.read_dataset_info(synthetic_data_dir)
+    val = data.make_eval_dataset(synthetic_data_dir, info, "val", batch_size=64)
+    y_true, logits = metrics.predict_labels(model, val)
+    report = metrics.classification_report(y_true, logits, info["class_names"])
+    assert int(final["epoch"]) == config.epochs - 1
+    assert report["accuracy"] == pytest.approx(float(final["val_accuracy"]), abs=1e-6)
+    assert report["balanced_accuracy"] == pytest.approx(float(final["val_balanced_accuracy"]), abs=1e-6)
 
 
 def test_trained_run_exports_and_all_formats_agree(finished_run, synthetic_data_dir, tmp_path):
