@@ -5,6 +5,9 @@
 
 The runs must share a model and dataset and, to average well, start from the
 same weights (e.g. `train.py --init_weights=` fine-tunes with different seeds).
+Each run contributes its best epoch (model.keras) or, with --checkpoint=last,
+its final epoch (checkpoints/last.keras); an entry may also name a .keras file
+inside a run, e.g. --runs=runs/a,runs/b/checkpoints/last.keras.
 The output is a run directory (model.keras, run_info.json, metrics.json, ...)
 that export.py and evaluate.py take like a trained run.
 """
@@ -18,7 +21,12 @@ from absl import app, flags
 from fer_tf.cli import fail
 
 F = flags.FLAGS
-_RUNS = flags.DEFINE_list("runs", None, "Finished run directories to average (at least two).")
+_RUNS = flags.DEFINE_list(
+    "runs",
+    None,
+    "Finished run directories to average (at least two), or .keras files inside them "
+    "(e.g. runs/a/checkpoints/last.keras), which go in as they are.",
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Run directory of the soup (must not hold a model yet).")
 _RECIPE = flags.DEFINE_enum("recipe", "greedy", ["greedy", "uniform"], "Which runs go into the soup.")
 _MONITOR = flags.DEFINE_enum(
@@ -48,10 +56,14 @@ def main(argv: list[str]) -> None:
     if not _OUTPUT.value:
         fail("--output is required (the soup's run directory, e.g. runs/soup)", 2)
     weights = os.path.join("checkpoints", "last.keras") if _CHECKPOINT.value == "last" else "model.keras"
-    for run_dir in _RUNS.value:
+    for entry in _RUNS.value:
+        if entry.endswith(".keras"):  # a model file inside a run: make_soup finds its run
+            if not os.path.exists(entry):
+                fail(f"{entry} not found", 2)
+            continue
         for name in ("run_info.json", weights):
-            if not os.path.exists(os.path.join(run_dir, name)):
-                fail(f"{os.path.join(run_dir, name)} not found: is {run_dir} a finished training run?", 2)
+            if not os.path.exists(os.path.join(entry, name)):
+                fail(f"{os.path.join(entry, name)} not found: is {entry} a finished training run?", 2)
     if _BN_BATCHES.value < 0:
         fail(f"--bn_batches={_BN_BATCHES.value}: expected 0 or more", 2)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
@@ -68,7 +80,7 @@ def main(argv: list[str]) -> None:
             batch_size=_BATCH_SIZE.value,
             flags_text=F.flags_into_string(),
         )
-    except FileExistsError as err:
+    except (FileExistsError, FileNotFoundError) as err:
         fail(str(err), 2)
     except ValueError as err:  # runs of different models or datasets
         fail(str(err), 1)

@@ -109,6 +109,30 @@ def _score(model: keras.Model, val_ds, class_names: Sequence[str]) -> dict[str, 
     return metrics.classification_report(y_true, logits, class_names)
 
 
+def split_ingredient(entry: str, checkpoint: str = "best") -> tuple[str, str]:
+    """The run directory and model file (relative to it) of one soup ingredient.
+
+    Args:
+      entry: a run directory, whose `checkpoint` file goes in, or a `.keras`
+        file inside a run directory (e.g. runs/a/checkpoints/last.keras), which
+        goes in as it is: its run is the nearest directory above it that holds
+        a run_info.json.
+      checkpoint: a key of `CHECKPOINTS`, for run directories.
+
+    Raises:
+      FileNotFoundError: when a `.keras` entry has no run_info.json above it.
+    """
+    if not entry.endswith(".keras"):
+        return entry, CHECKPOINTS[checkpoint]
+    path = os.path.normpath(entry)
+    run_dir = os.path.dirname(path)
+    while not os.path.exists(os.path.join(run_dir, "run_info.json")):
+        if run_dir in ("", os.sep):
+            raise FileNotFoundError(f"{entry}: no run_info.json above it; an ingredient must belong to a run")
+        run_dir = os.path.dirname(run_dir)
+    return run_dir, os.path.relpath(path, run_dir)
+
+
 def _check_runs(run_dirs: Sequence[str]) -> list[dict[str, Any]]:
     infos = [runs.read_run_info(run_dir) for run_dir in run_dirs]
     for run_dir, info in zip(run_dirs[1:], infos[1:], strict=True):
@@ -140,7 +164,8 @@ def make_soup(
     """Averages the `model.keras` of finished runs into a new run directory.
 
     Args:
-      run_dirs: finished runs of one model and dataset (run_info.json, model.keras).
+      run_dirs: finished runs of one model and dataset (run_info.json, model.keras),
+        or `.keras` files inside such runs (see `split_ingredient`).
       output_dir: the soup's run directory; it gets model.keras, run_info.json
         (with a `soup` record), flags.txt, metrics.json, cost.json and a
         confusion-matrix plot, so export.py and evaluate.py take it as a run.
@@ -162,6 +187,7 @@ def make_soup(
       ValueError: on an unknown recipe or monitor, fewer than two runs, or runs
         that differ in architecture or dataset.
       FileExistsError: when `output_dir` already holds a model.
+      FileNotFoundError: when a run or its model file is missing.
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
@@ -174,6 +200,8 @@ def make_soup(
     if os.path.exists(os.path.join(output_dir, "model.keras")):
         raise FileExistsError(f"{output_dir} already holds a model.keras; choose another output")
     start_wall, start_cpu = time.time(), time.process_time()
+    entries = list(run_dirs)
+    run_dirs, files = zip(*(split_ingredient(entry, checkpoint) for entry in entries), strict=True)
     infos = _check_runs(run_dirs)
     info0 = infos[0]
     data_dir = runs.resolve_data_dir(info0["data_dir"], run_dirs[0], "soup")
@@ -188,12 +216,12 @@ def make_soup(
     ).map(lambda images, targets: images)
 
     models = [
-        runs.load_run_model(run_dir, info, CHECKPOINTS[checkpoint])
-        for run_dir, info in zip(run_dirs, infos, strict=True)
+        runs.load_run_model(run_dir, info, filename)
+        for run_dir, info, filename in zip(run_dirs, infos, files, strict=True)
     ]
     scores = [_score(model, val_ds, class_names) for model in models]
-    for run_dir, score in zip(run_dirs, scores, strict=True):
-        log(f"ingredient {run_dir}: val {monitor} {score[monitor]:.4f}")
+    for entry, score in zip(entries, scores, strict=True):
+        log(f"ingredient {entry}: val {monitor} {score[monitor]:.4f}")
     order = sorted(range(len(models)), key=lambda i: -scores[i][monitor])
     soup = keras.models.clone_model(models[order[0]])
 
@@ -211,7 +239,7 @@ def make_soup(
             trial = cook(members + [i])
             kept = trial[monitor] >= result[monitor]
             log(
-                f"greedy: + {run_dirs[i]} -> val {monitor} {trial[monitor]:.4f} ({'kept' if kept else 'dropped'})"
+                f"greedy: + {entries[i]} -> val {monitor} {trial[monitor]:.4f} ({'kept' if kept else 'dropped'})"
             )
             if kept:
                 members, result, weights = members + [i], trial, soup.get_weights()
@@ -225,7 +253,8 @@ def make_soup(
         record={
             "recipe": recipe, "monitor": monitor, "bn_batches": bn_batches, "checkpoint": checkpoint,
             "ingredients": [
-                {"run_dir": run_dir, f"val_{monitor}": scores[i][monitor], "in_soup": i in members}
+                {"run_dir": run_dir, "model_file": files[i], f"val_{monitor}": scores[i][monitor],
+                 "in_soup": i in members}
                 for i, run_dir in enumerate(run_dirs)
             ],
         },

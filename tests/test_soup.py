@@ -106,6 +106,29 @@ def test_last_checkpoint_soup_averages_the_final_epochs(tmp_path):
         soup.make_soup([bad, good], str(tmp_path / "x"), checkpoint="first", log=lambda m: None)
 
 
+def test_an_ingredient_may_be_a_model_file_inside_a_run(tmp_path):
+    good, bad, arrays = _two_runs(str(tmp_path))
+    os.makedirs(os.path.join(good, "checkpoints"))
+    inside = os.path.join(good, "checkpoints", "epoch1.keras")
+    shutil.copy(os.path.join(bad, "model.keras"), inside)  # good's run, bad's weights
+    assert soup.split_ingredient(inside) == (good, os.path.join("checkpoints", "epoch1.keras"))
+    assert soup.split_ingredient(good, "last") == (good, os.path.join("checkpoints", "last.keras"))
+    result = soup.make_soup([inside, good], str(tmp_path / "mixed"), recipe="uniform", log=lambda m: None)
+    _, y_val = arrays["val"]
+    assert result["accuracy"] == pytest.approx(
+        np.mean(y_val == 0)
+    )  # the file's weights, not good's model.keras
+    with open(tmp_path / "mixed" / "run_info.json") as f:
+        first = json.load(f)["soup"]["ingredients"][0]
+    assert first["run_dir"] == good and first["model_file"] == os.path.join("checkpoints", "epoch1.keras")
+    stray = str(tmp_path / "stray.keras")
+    shutil.copy(inside, stray)
+    with pytest.raises(FileNotFoundError, match="no run_info.json"):
+        soup.split_ingredient(stray)
+    proc = run_script("soup.py", f"--runs={stray},{good}", f"--output={tmp_path / 'x'}")
+    assert proc.returncode == 2 and "no run_info.json" in proc.stderr
+
+
 def test_soup_cli_output_exports_like_a_run(tmp_path):
     first, _, _ = _two_runs(str(tmp_path))
     second = os.path.join(os.path.dirname(first), "second")
