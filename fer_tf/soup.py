@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -167,7 +168,8 @@ def make_soup(
       run_dirs: finished runs of one model and dataset (run_info.json, model.keras),
         or `.keras` files inside such runs (see `split_ingredient`).
       output_dir: the soup's run directory; it gets model.keras, run_info.json
-        (with a `soup` record), flags.txt, metrics.json, cost.json and a
+        (with a `soup` record), flags.txt (the first ingredient's training
+        flags), soup_flags.txt (`flags_text`), metrics.json, cost.json and a
         confusion-matrix plot, so export.py and evaluate.py take it as a run.
       recipe: "uniform" or "greedy".
       monitor: validation metric that orders and admits ingredients.
@@ -177,7 +179,7 @@ def make_soup(
         epoch its monitor chose on validation) or "last" (the final epoch,
         checkpoints/last.keras), as in Wortsman et al.'s soups of fine-tunes.
       batch_size: batch size of scoring and re-estimation.
-      flags_text: the calling command's flags, written to flags.txt.
+      flags_text: the calling command's flags, written to soup_flags.txt.
       log: progress messages.
 
     Returns:
@@ -260,11 +262,12 @@ def make_soup(
         },
         cost={"wall_seconds": round(time.time() - start_wall, 1),
               "cpu_seconds": round(time.process_time() - start_cpu, 1)},
+        first_run=run_dirs[0],
     )  # fmt: skip
     return result
 
 
-def _write_soup_run(output_dir, model, result, info0, flags_text, record, cost) -> None:
+def _write_soup_run(output_dir, model, result, info0, flags_text, record, cost, first_run) -> None:
     os.makedirs(output_dir, exist_ok=True)
     model.save(os.path.join(output_dir, "model.keras"))
     run_info = {key: value for key, value in info0.items() if key != "config"}
@@ -276,7 +279,11 @@ def _write_soup_run(output_dir, model, result, info0, flags_text, record, cost) 
         json.dump(result, f, indent=2)
     with open(os.path.join(output_dir, "cost.json"), "w") as f:
         json.dump(cost, f, indent=2)
-    with open(os.path.join(output_dir, "flags.txt"), "w") as f:
+    # flags.txt keeps the training flags of the first ingredient (the architecture the weights fit,
+    # which export.py records and fer_tf.recover rebuilds from); the soup's own command goes beside it.
+    if os.path.exists(os.path.join(first_run, "flags.txt")):
+        shutil.copy(os.path.join(first_run, "flags.txt"), os.path.join(output_dir, "flags.txt"))
+    with open(os.path.join(output_dir, "soup_flags.txt"), "w") as f:
         f.write(flags_text)
     report.plot_confusion_matrix(
         result["confusion_matrix"],

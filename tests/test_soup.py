@@ -138,6 +138,12 @@ def test_soup_cli_output_exports_like_a_run(tmp_path):
     proc = run_script("soup.py", f"--runs={first},{second}", f"--output={out}", "--recipe=uniform")
     assert proc.returncode == 0, proc.stderr
     averaged = keras.models.load_model(os.path.join(out, "model.keras")).get_layer("head").get_weights()
+    # flags.txt keeps the ingredients' training flags (the architecture export.py records and
+    # fer_tf.recover rebuilds); the soup's own command goes to soup_flags.txt.
+    with open(os.path.join(out, "flags.txt")) as f, open(os.path.join(first, "flags.txt")) as g:
+        assert f.read() == g.read()
+    with open(os.path.join(out, "soup_flags.txt")) as f:
+        assert "--recipe=uniform" in f.read()
     np.testing.assert_allclose(
         averaged[0], brightness_model(alpha=250.0).get_layer("head").get_weights()[0], rtol=1e-6
     )
