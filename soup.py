@@ -55,15 +55,12 @@ def main(argv: list[str]) -> None:
         fail("--runs needs at least two run directories, e.g. --runs=runs/a,runs/b", 2)
     if not _OUTPUT.value:
         fail("--output is required (the soup's run directory, e.g. runs/soup)", 2)
-    weights = os.path.join("checkpoints", "last.keras") if _CHECKPOINT.value == "last" else "model.keras"
-    for entry in _RUNS.value:
-        if entry.endswith(".keras"):  # a model file inside a run: make_soup finds its run
+    for entry in _RUNS.value:  # each model file is checked by make_soup (a missing one exits 2)
+        if entry.endswith(".keras"):
             if not os.path.exists(entry):
                 fail(f"{entry} not found", 2)
-            continue
-        for name in ("run_info.json", weights):
-            if not os.path.exists(os.path.join(entry, name)):
-                fail(f"{os.path.join(entry, name)} not found: is {entry} a finished training run?", 2)
+        elif not os.path.exists(os.path.join(entry, "run_info.json")):
+            fail(f"{os.path.join(entry, 'run_info.json')} not found: is {entry} a training run?", 2)
     if _BN_BATCHES.value < 0:
         fail(f"--bn_batches={_BN_BATCHES.value}: expected 0 or more", 2)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.

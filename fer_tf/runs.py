@@ -20,6 +20,11 @@ import numpy as np
 # `model.keras` files that use them load.
 from fer_tf import models, schema  # noqa: F401
 
+# The final epoch's weights, whatever the monitor says, kept by train_lib beside
+# model.keras (the best epoch): soups average these (soup.py --checkpoint=last),
+# free of the per-run selection on validation.
+LAST_CHECKPOINT = os.path.join("checkpoints", "last.keras")
+
 
 def read_flags(path: str) -> dict[str, str]:
     """Parses an absl flagfile into {name: value}; `--flag`/`--noflag` give "true"/"false".

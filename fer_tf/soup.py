@@ -42,8 +42,8 @@ from fer_tf import data, metrics, report, runs, schema
 RECIPES = ("uniform", "greedy")
 MONITORS = ("accuracy", "balanced_accuracy", "macro_f1")
 # Which weights of a run go into a soup, by file: the best epoch on validation,
-# or the final epoch (train_lib.LAST_CHECKPOINT), which no validation score chose.
-CHECKPOINTS = {"best": "model.keras", "last": os.path.join("checkpoints", "last.keras")}
+# or the final epoch, which no validation score chose.
+CHECKPOINTS = {"best": "model.keras", "last": runs.LAST_CHECKPOINT}
 
 
 def average_weights(models: Sequence[keras.Model]) -> list[np.ndarray]:

@@ -25,9 +25,6 @@ from fer_tf import callbacks as cb
 from fer_tf.optim import make_optimizer
 
 BEST_CHECKPOINT = os.path.join("checkpoints", "best.keras")
-# The final epoch's weights, whatever the monitor says: soups average these
-# (soup.py --checkpoint=last), free of the per-run selection on validation.
-LAST_CHECKPOINT = os.path.join("checkpoints", "last.keras")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +348,7 @@ def _callbacks(config, class_names, val_ds, epoch_var, steps):
 
 def _finish(config: TrainConfig, model, val_ds, class_names) -> dict[str, Any]:
     run = config.run_dir
-    model.save(os.path.join(run, LAST_CHECKPOINT))
+    model.save(os.path.join(run, runs.LAST_CHECKPOINT))
     best = os.path.join(run, BEST_CHECKPOINT)
     if os.path.exists(best):
         model = keras.models.load_model(best, compile=False)
