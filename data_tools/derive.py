@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from data_tools.writer import Record, write_shards
+from data_tools.writer import ConversionError, Record, check_replaceable, write_shards
 from fer_tf import cli, schema
 
 TRAIN = "train"
@@ -55,18 +56,39 @@ def read_split(data_dir: str, split: str, info: Mapping[str, Any] | None = None)
 
     Returns:
       The split's records, in shard order.
+
+    Raises:
+      ValueError: shards missing, a corrupt shard, or fewer or more records than
+        dataset_info promises (an incomplete copy must not pass for the dataset).
     """
     info = info or schema.read_dataset_info(data_dir)
     h, w, c = info["image_shape"]
     k = len(info["class_names"])
+    entry = info["splits"].get(split, {})
+    files = split_files(data_dir, split)
+    if "num_shards" in entry and len(files) != entry["num_shards"]:
+        raise ValueError(
+            f"{data_dir}: dataset_info says {entry['num_shards']} {split} shards, found {len(files)}"
+        )
     parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
-    ds = tf.data.TFRecordDataset(split_files(data_dir, split))
+    ds = tf.data.TFRecordDataset(files)
     ds = ds.map(
         lambda s: schema.parse_example(s, info), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    for batch in ds.batch(4096).prefetch(1):
-        for key, value in batch.items():
-            parts[key].append(value.numpy())
+    try:
+        for batch in ds.batch(4096).prefetch(1):
+            for key, value in batch.items():
+                parts[key].append(value.numpy())
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", str(e).strip().splitlines()[0])  # TF's op wrapping
+        raise ValueError(
+            f"{data_dir}: corrupt {split} shard ({message}); convert the dataset again"
+        ) from None
+    found = sum(len(p) for p in parts["label"])
+    if "num_examples" in entry and found != entry["num_examples"]:
+        raise ValueError(
+            f"{data_dir}: dataset_info says {entry['num_examples']} {split} records, found {found}"
+        )
 
     def cat(key: str, empty: np.ndarray) -> np.ndarray:
         return np.concatenate(parts[key]) if parts[key] else empty
@@ -129,14 +151,22 @@ def write_derived(
         options); `parent_dir` and `parent_source` are added here, so every
         derived dataset names the dataset it came from.
       num_shards: train shards (default: as many as the parent's train split).
-      overwrite: replace an existing `output_dir`.
+      overwrite: replace an existing `output_dir`, if it is a dataset (or empty).
 
     Returns:
       The new dataset_info (also written to `output_dir`).
+
+    Raises:
+      FileExistsError: `output_dir` exists and `overwrite` is False.
+      ValueError: `output_dir` is a non-empty directory without dataset_info.json, or a file.
     """
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    try:
+        check_replaceable(output_dir)  # --overwrite replaces a dataset, never a folder of other files
+    except ConversionError as e:
+        raise ValueError(str(e)) from None
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")

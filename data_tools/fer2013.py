@@ -26,6 +26,7 @@ import csv
 import functools
 import hashlib
 import os
+import re
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -175,7 +176,7 @@ def decode_fer2013_row(
     where = _where(row)
     _check_length(fields, num_fields, where)
     text = fields[columns["emotion"]].strip()
-    if not text.lstrip("-").isdigit():
+    if not re.fullmatch(r"-?[0-9]+", text):  # not str.isdigit: it accepts "²" and "--3"
         raise Skip("non_numeric_label", f"{where}: emotion {text!r} is not an integer")
     label = int(text)
     if not 0 <= label < len(schema.FER2013_CLASSES):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import csv
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -98,7 +99,7 @@ def canonical_class(name: str) -> str:
 def label_name(value: str) -> str | None:
     """Resolves a CSV label: an int is a FER2013 code (0..6, 7 = contempt; else None), or a name."""
     value = value.strip()
-    if value.lstrip("-").isdigit():
+    if re.fullmatch(r"-?[0-9]+", value):
         code = int(value)
         return schema.FERPLUS_CLASSES[code] if 0 <= code < len(schema.FERPLUS_CLASSES) else None
     return canonical_class(value)
@@ -215,11 +216,27 @@ def _listdir(directory: str) -> tuple[dict[str, str], list[str]]:
     return {e.name: e.path for e in entries if e.is_dir()}, sorted(e.path for e in entries if e.is_file())
 
 
-def _walk_files(directory: str) -> list[str]:
-    """Every visible file under `directory`, recursively, in sorted order."""
+def _walk_files(directory: str, skipped: collections.Counter | None = None) -> list[str]:
+    """Every visible file under `directory`, recursively, in sorted order.
+
+    Symlinked folders are followed, except one that leads back to a folder of the
+    walk or to one above it (`happy/up -> ..`): that would list the same images
+    again, under this class, without end. Each one cut is counted as `symlink_loop`.
+    """
+    start = os.path.realpath(directory)
+    visited = {start}
     found = []
     for parent, dirs, files in os.walk(directory, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if _visible(d))
+        keep = []
+        for d in sorted(d for d in dirs if _visible(d)):
+            real = os.path.realpath(os.path.join(parent, d))
+            if real in visited or start == real or start.startswith(real + os.sep):
+                if skipped is not None:
+                    skipped["symlink_loop"] += 1
+                continue
+            visited.add(real)
+            keep.append(d)
+        dirs[:] = keep
         found.extend(os.path.join(parent, f) for f in sorted(files) if _visible(f))
     return found
 
@@ -254,7 +271,7 @@ def _scan_class_folders(directory, root, split, skipped, folders) -> list[Entry]
     # Loose images have no class; loose other files (README, CSV) are documentation.
     skipped["unlabeled_image"] += sum(map(_is_image_name, files))
     for folder, path in sorted(dirs.items()):
-        files = _walk_files(path)
+        files = _walk_files(path, skipped)
         images = [f for f in files if _is_image_name(f)]
         skipped["not_an_image"] += len(files) - len(images)
         if not images:

@@ -61,7 +61,10 @@ def read_image(path: str) -> np.ndarray:
         raise Skip("truncated_image", path)
     # IMREAD_COLOR applies EXIF orientation and drops alpha (as preprocess_for_eval does);
     # ANYDEPTH keeps 16-bit precision until the rescale below.
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as e:  # a corrupt header (e.g. 100000 px tall) or a codec OpenCV ships disabled (EXR)
+        raise Skip("unreadable_image", f"{path}: {str(e).strip().splitlines()[-1]}") from None
     if image is None or image.size == 0:
         raise Skip("unreadable_image", path)
     if image.dtype == np.uint16:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
@@ -81,7 +82,7 @@ def read_csv_rows(path: str, split: str | None, log: Log = _stderr) -> CsvRows:
     for i in indices:
         row = rows[i]
         code = row[emotion].strip() if len(row) > max(emotion, pixels) else ""
-        if not code.isdigit() or int(code) >= len(FERPLUS_CLASSES):
+        if not re.fullmatch(r"[0-9]+", code) or int(code) >= len(FERPLUS_CLASSES):
             skipped["bad_label"] += 1
             continue
         try:

@@ -31,6 +31,7 @@ otherwise near-identical frames would leak from train into test.
 from __future__ import annotations
 
 import collections
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -181,6 +182,8 @@ def expw_source(root: str, *, min_confidence: float | None = None, **options: An
             top, left, right, bottom, confidence = (float(v) for v in fields[2:7])
         except ValueError:
             fields = []
+        if fields and not all(math.isfinite(v) for v in (top, left, right, bottom)):
+            fields = []  # "nan" and "inf" parse as floats but are no box
         if len(fields) != 8:
             skipped["bad_row"] += 1
             continue

@@ -357,9 +357,12 @@ def main(argv: Sequence[str]) -> None:
     if not f["verbosity"].present:
         # Beam logs pipeline details at INFO on the root logger; the summary is what matters here.
         absl_logging.set_verbosity(absl_logging.WARNING)
-    summary = validate(
-        f.data, f.output, f.near_max_distance, f.label_drift_linf, f.label_drift_jsd, f.tfdv, argv[1:]
-    )
+    try:
+        summary = validate(
+            f.data, f.output, f.near_max_distance, f.label_drift_linf, f.label_drift_jsd, f.tfdv, argv[1:]
+        )
+    except ValueError as e:  # an incomplete or corrupt dataset (derive.read_split, schema.read_dataset_info)
+        fail(str(e))
     print(format_summary(summary))
 
 

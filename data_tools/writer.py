@@ -146,7 +146,7 @@ def convert(
             f"{source.name}: bad inputs while listing ({_format_counts(source.skipped)}); strict mode"
         )
     output_dir = os.path.abspath(output_dir)
-    _check_replaceable(output_dir)
+    check_replaceable(output_dir)
     work_dir = _make_sibling_dir(output_dir, "tmp")
     try:
         chunk_paths = _stage_chunks(source.items, os.path.join(work_dir, _CHUNK_DIR))
@@ -468,8 +468,11 @@ def _format_counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{reason}={n}" for reason, n in sorted(counts.items()))
 
 
-def _check_replaceable(output_dir: str) -> None:
-    # Replacing a directory that is not a dataset (e.g. --output=$HOME) would destroy user files.
+def check_replaceable(output_dir: str) -> None:
+    """Raises ConversionError unless `output_dir` is absent, empty or a dataset (has dataset_info.json).
+
+    Replacing a directory that is not a dataset (e.g. --output=$HOME) would destroy user files.
+    """
     if not os.path.exists(output_dir):
         return
     if not os.path.isdir(output_dir):

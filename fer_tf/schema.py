@@ -207,13 +207,18 @@ def read_dataset_info(data_dir: str) -> dict[str, Any]:
 
     Raises:
       FileNotFoundError: with a one-line message when the file is missing.
-      ValueError: when its schema version is newer than this code.
+      ValueError: when it is not a JSON object, or its schema version is newer than this code.
     """
     path = os.path.join(data_dir, INFO_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: convert the data first (see data_tools/)")
-    with open(path) as f:
-        info = json.load(f)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); convert the data again") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} holds no JSON object; convert the data again")
     if info.get("schema_version", 0) > SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {info['schema_version']} is newer than {SCHEMA_VERSION}")
     return info

@@ -87,6 +87,22 @@ def test_registry_covers_every_format_and_passes_image_options(tmp_path, monkeyp
     assert root == "root/" and {key: kw[key] for key in chosen} == chosen
 
 
+def test_imbalance_factor_never_replaces_a_folder_of_other_files(tmp_path):
+    csv = _csv(tmp_path / "f.csv", [(3, 1, "Training"), (0, 2, "Training"), (3, 3, "PublicTest")])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    result = _run(
+        "-m", "data_tools.convert", "--format=fer2013", f"--input={csv}", f"--output={mine}",
+        "--imbalance_factor=2", "--noprogress",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].endswith("holds no dataset_info.json; refusing to replace it")
+    )
+    assert os.listdir(mine) == ["thesis.txt"] and sorted(os.listdir(tmp_path)) == ["f.csv", "mine"]
+
+
 def test_imbalance_factor_writes_a_long_tail_train_split(tmp_path):
     pytest.importorskip("data_tools.longtail")
     from data_tools import fer2013

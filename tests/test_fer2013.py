@@ -87,6 +87,14 @@ def test_every_bad_row_is_counted_by_reason_and_gz_gives_the_same_shards(tmp_pat
     assert _shards(str(tmp_path / "gz")) == _shards(str(tmp_path / "plain"))
 
 
+@pytest.mark.parametrize("emotion", ["--3", "\u00b2", "3_0", " 4x"])
+def test_labels_that_str_isdigit_accepts_but_int_rejects_are_counted(tmp_path, emotion):
+    lines = [HEADER, GOOD[0], f"{emotion},{_pixels(5)},Training"]
+    info = fer2013.convert_fer2013(_write(tmp_path / "f.csv", lines), str(tmp_path / "out"), progress=False)
+    assert info["skipped"] == {"non_numeric_label": 1}
+    assert info["splits"]["train"]["num_examples"] == 1
+
+
 def test_strict_names_the_first_bad_row(tmp_path):
     csv_path = _write(tmp_path / "f.csv", [HEADER, GOOD[0], BAD["label_out_of_range"], BAD["short_row"]])
     with pytest.raises(

@@ -111,6 +111,29 @@ def test_decode_every_format_and_bad_file(messy_root):
     assert (record.split, record.label) == ("train", 0)
 
 
+def test_read_image_counts_headers_opencv_refuses(tmp_path):
+    ok, bmp = cv2.imencode(".bmp", np.full((40, 40), 128, np.uint8))
+    tall = bytearray(bmp.tobytes())
+    tall[22:26] = (2_000_000).to_bytes(4, "little", signed=True)  # height above OpenCV's 2**20 limit
+    (tmp_path / "tall.bmp").write_bytes(bytes(tall))
+    (tmp_path / "x.exr").write_bytes(b"\x76\x2f\x31\x01" + b"\0" * 64)  # OpenEXR magic
+    for name in ("tall.bmp", "x.exr"):
+        with pytest.raises(Skip) as e:  # cv2.imdecode raised cv2.error here, which ended the conversion
+            images.read_image(str(tmp_path / name))
+        assert e.value.reason == "unreadable_image" and name in e.value.detail
+
+
+def test_symlink_loop_is_cut_and_counted(tmp_path):
+    root = tmp_path / "loop"
+    for name in ("happy/h1.png", "happy/h2.png", "sad/s1.png", "sad/s2.png"):
+        write_image(str(root / name), np.full((48, 48), 9, np.uint8))
+    os.symlink("..", root / "happy" / "up")  # happy/up/happy/up/... and happy/up/sad/
+    source = folders.folder_source(str(root))
+    ids = sorted(i.image_id for i in source.items)
+    assert ids == ["happy/h1.png", "happy/h2.png", "sad/s1.png", "sad/s2.png"]
+    assert source.skipped["symlink_loop"] == 1
+
+
 def test_classes_override_order_selection_and_aliases(messy_root):
     source = folders.folder_source(messy_root, classes=["Happiness", "anger", "fear"], image_size=32)
     assert list(source.class_names) == ["happy", "angry", "fear"]

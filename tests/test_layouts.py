@@ -122,6 +122,15 @@ def test_expw_boxes_labels_and_split(expw_root):
     assert confident.skipped["low_confidence"] == 7 * 8
 
 
+def test_expw_rows_with_nan_or_inf_boxes_are_bad_rows(expw_root):
+    label_file = os.path.join(expw_root, "label", "label.lst")
+    with open(label_file, "a") as f:
+        f.write("happy_5.jpg 1 nan 40 100 70 0.9 3\nhappy_6.jpg 1 30 inf 100 70 0.9 3\n")
+    source = layouts.expw_source(expw_root, seed=0)
+    assert dict(source.skipped) == {"bad_row": 3, "unknown_class": 1}
+    assert not any(i.image_id.startswith(("happy_5.jpg#1", "happy_6.jpg#1")) for i in source.items)
+
+
 def test_expw_missing_parts(tmp_path):
     with pytest.raises(FileNotFoundError, match="label.lst"):
         layouts.expw_source(str(tmp_path))

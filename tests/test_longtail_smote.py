@@ -131,9 +131,16 @@ def test_existing_output_is_refused_then_replaced(parent, tmp_path):
     (output / "old.txt").write_text("x")
     with pytest.raises(FileExistsError):
         longtail.make_longtail(parent, str(output), imbalance_factor=2)
+    # --overwrite replaces a dataset, never a folder of other files.
+    with pytest.raises(ValueError, match="holds no dataset_info.json; refusing to replace it"):
+        longtail.make_longtail(parent, str(output), imbalance_factor=2, overwrite=True)
     assert os.listdir(output) == ["old.txt"]
-    longtail.make_longtail(parent, str(output), imbalance_factor=2, overwrite=True)
-    assert "old.txt" not in os.listdir(output) and schema.INFO_FILE in os.listdir(output)
+    (output / "old.txt").unlink()
+    longtail.make_longtail(parent, str(output), imbalance_factor=2, overwrite=True)  # empty: replaceable
+    (output / "validation.txt").write_text("a report beside the shards")
+    longtail.make_longtail(parent, str(output), imbalance_factor=3, overwrite=True)
+    assert "validation.txt" not in os.listdir(output) and schema.INFO_FILE in os.listdir(output)
+    assert schema.read_dataset_info(str(output))["source"]["imbalance_factor"] == 3
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 

@@ -12,6 +12,7 @@ The planted dataset (see `_planted`) has, with labels chosen so the counts are k
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ import pytest
 from conftest import write_records
 from PIL import Image
 
-from data_tools import dedup
+from data_tools import dedup, derive
 from data_tools.writer import Record
 from fer_tf import schema
 
@@ -271,3 +272,39 @@ def test_validate_cli_missing_data(tmp_path):
     done = _validate_cli(tmp_path / "missing", timeout=300)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "missing" in done.stderr.strip().splitlines()[-1]
+
+
+def _copy(data_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    return copy
+
+
+def test_read_split_refuses_an_incomplete_or_corrupt_dataset(synthetic_data_dir, tmp_path):
+    copy = _copy(synthetic_data_dir, tmp_path)
+    (shard,) = sorted(copy.glob("val-*.tfrecord"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-3])  # cut inside the last record
+    with pytest.raises(
+        ValueError, match=r"corrupt val shard \(truncated record at \d+.*\); convert the dataset again"
+    ):
+        derive.read_split(str(copy), "val")
+    shard.unlink()
+    with pytest.raises(ValueError, match="dataset_info says 1 val shards, found 0"):
+        derive.read_split(str(copy), "val")
+    info = schema.read_dataset_info(str(copy))
+    info["splits"]["test"]["num_examples"] += 1
+    with pytest.raises(ValueError, match="dataset_info says 141 test records, found 140"):
+        derive.read_split(str(copy), "test", info)
+    (copy / schema.INFO_FILE).write_text('{"class_names": ["a", ')
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        schema.read_dataset_info(str(copy))
+
+
+def test_validate_cli_names_a_missing_shard_in_one_line(synthetic_data_dir, tmp_path):
+    copy = _copy(synthetic_data_dir, tmp_path)
+    for shard in copy.glob("val-*.tfrecord"):
+        shard.unlink()
+    done = _validate_cli(copy, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("dataset_info says 1 val shards, found 0")
