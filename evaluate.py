@@ -64,7 +64,7 @@ _FERPLUS_LABELS = flags.DEFINE_string(
     "ferplus_labels", None, "FER+ vote file (fer2013new.csv) row-aligned with a FER2013 --data CSV: adds "
     "scores on the faces whose FER+ majority agrees with the label, on the disputed rest, and against FER+.",
 )  # fmt: skip
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per model call.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Images per model call.", lower_bound=1)
 _NUM_THREADS = flags.DEFINE_integer("num_threads", 2, "TFLite interpreter threads.")
 _LABELS = flags.DEFINE_string(
     "labels", None, "The model's class names in output order: comma-separated, or a file with one a "

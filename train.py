@@ -159,7 +159,7 @@ def prepare_data(data_dir: str) -> None:
         return
     if not F.raw_data:
         cli.fail(f"no dataset at {data_dir} and no --raw_data to convert it from")
-    from data_tools import convert
+    from data_tools import convert, writer
 
     try:
         convert.prepare_dataset(
@@ -170,8 +170,8 @@ def prepare_data(data_dir: str) -> None:
             channels=F.channels,
             val_fraction=F.val_fraction,
         )
-    except FileNotFoundError as e:
-        cli.fail(str(e))
+    except (FileNotFoundError, ValueError, writer.ConversionError) as e:
+        cli.fail(f"--raw_data={F.raw_data}: {e}" if F.raw_data not in str(e) else str(e))
 
 
 def main(argv):

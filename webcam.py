@@ -66,8 +66,16 @@ class _Writer:
         if self.source.kind == "folder":
             cv2.imwrite(os.path.join(self.path, os.path.basename(self.source.frame_name)), frame)
         elif self.source.kind == "image":
-            if not cv2.imwrite(self.path, frame):
-                cli.fail(f"cannot write image {self.path} (use an image extension such as .png)")
+            try:
+                written = cv2.imwrite(self.path, frame)
+            except cv2.error:  # OpenCV 4.11 raises for an extension it has no writer for
+                written = False
+            if not written:
+                folder = os.path.dirname(os.path.abspath(self.path))
+                reason = (
+                    "no such folder" if not os.path.isdir(folder) else "use an image extension such as .png"
+                )
+                cli.fail(f"cannot write image {self.path} ({reason})")
         else:
             if self.video is None:
                 size = (frame.shape[1], frame.shape[0])
@@ -80,6 +88,28 @@ class _Writer:
     def close(self) -> None:
         if self.video is not None:
             self.video.release()
+
+
+def check_outputs(source, output: str | None, log: str | None) -> None:
+    """Exits with a one-line error when --output or --log would overwrite the source being read.
+
+    A video written onto itself is cut to the frames read so far, a log opened
+    with "w" on the source empties it, and a folder written into itself replaces
+    its images with their annotated copies: each would destroy the user's input.
+    """
+    if source.kind == "camera":
+        return
+    src = os.path.realpath(source.spec)
+    for flag, path in (("--output", output), ("--log", log)):
+        if not path:
+            continue
+        target = os.path.realpath(path)
+        inside = source.kind == "folder" and (target == src or target.startswith(src + os.sep))
+        if target == src or inside:
+            where = "inside the source folder" if target != src else "the source itself"
+            cli.fail(f"{flag}={path} is {where}; it would overwrite the input {source.spec}")
+    if source.kind != "folder" and output and log and os.path.realpath(output) == os.path.realpath(log):
+        cli.fail(f"--output and --log are the same file {output}")
 
 
 def _log_line(index, source, results) -> str:
@@ -126,6 +156,7 @@ def main(argv):
         )
     except (OSError, ValueError, RuntimeError) as e:  # missing or unreadable model
         cli.fail(str(e).strip().splitlines()[0])
+    check_outputs(source, F.output, F.log)
     window = not F.headless and _has_display()
     try:
         writer = _Writer(F.output, source)

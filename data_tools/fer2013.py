@@ -128,7 +128,12 @@ def _prefetched(blocks: Iterator[bytes]) -> Iterator[bytes]:
 
 def _fields(line: bytes) -> list[str]:
     text = line.decode("utf-8", errors="replace").rstrip("\r")
-    return next(csv.reader([text])) if '"' in text else text.split(",")
+    if '"' not in text:
+        return text.split(",")
+    try:
+        return next(csv.reader([text]))
+    except csv.Error:  # e.g. a stray CR inside quotes: the row decoder judges and counts the row
+        return text.split(",")
 
 
 def fer2013_source(

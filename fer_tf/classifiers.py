@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,84 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parents[1] / "models" / "fer2013"
 
 
+def check_tflite_file(path: str | os.PathLike) -> None:
+    """Raises ValueError unless `path` holds a whole TFLite flatbuffer.
+
+    The interpreters do not verify the file: one cut short (an interrupted copy
+    or download) crashed the process with SIGSEGV or ran out of memory. This
+    walks the flatbuffer with no dependency (operator codes, subgraphs, tensors,
+    operators, weight buffers) and checks that each lies inside the file.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ValueError(f"{path} is not a TFLite model (no TFL3 file identifier)")
+
+    def u32(at: int) -> int:
+        if not 0 <= at <= len(data) - 4:
+            raise IndexError(at)
+        return struct.unpack_from("<I", data, at)[0]
+
+    def field(table: int, index: int) -> int | None:
+        """Position of field `index` of the table at `table`, or None when absent."""
+        vtable = table - struct.unpack_from("<i", data, table)[0]
+        size, table_size = struct.unpack_from("<HH", data, vtable)
+        if vtable < 0 or vtable + size > len(data) or table + table_size > len(data):
+            raise IndexError(table)
+        if 4 + 2 * index >= size:
+            return None
+        offset = struct.unpack_from("<H", data, vtable + 4 + 2 * index)[0]
+        return table + offset if offset else None
+
+    def target(at: int) -> int:  # follows a uoffset
+        return at + u32(at)
+
+    def vector(table: int, index: int, item: int = 4) -> list[int]:
+        """Element positions of vector field `index` (checked to lie inside the file)."""
+        at = field(table, index)
+        if at is None:
+            return []
+        start = target(at)
+        n = u32(start)
+        if start + 4 + n * item > len(data):
+            raise IndexError(start)
+        return [start + 4 + item * j for j in range(n)]
+
+    def tables(table: int, index: int) -> list[int]:
+        return [target(at) for at in vector(table, index)]
+
+    try:
+        model = u32(0)
+        subgraphs = tables(model, 2)
+        if not subgraphs:
+            raise ValueError(f"{path} is not a TFLite model (no subgraph)")
+        for code in tables(model, 1):  # operator codes
+            field(code, 0)
+        for graph in subgraphs:
+            vector(graph, 1), vector(graph, 2)  # inputs, outputs
+            for tensor in tables(graph, 0):
+                vector(tensor, 0), vector(tensor, 3, 1)  # shape, name
+            for op in tables(graph, 3):
+                vector(op, 1), vector(op, 2)  # inputs, outputs
+        for buffer in tables(model, 4):
+            vector(buffer, 0, 1)  # the weights
+            external = field(buffer, 1)  # weights stored after the flatbuffer: offset, size
+            if external is not None:
+                offset, size = struct.unpack_from("<QQ", data, external)
+                if offset > 1 and offset + size > len(data):
+                    raise IndexError(offset)
+    except (IndexError, struct.error):
+        raise ValueError(
+            f"{path} is truncated or corrupt ({len(data)} bytes): copy or export it again"
+        ) from None
+
+
 def tflite_interpreter(path: str | os.PathLike, num_threads: int = 1):
-    """Returns an allocated TFLite interpreter: LiteRT, else tflite_runtime, else TF."""
+    """Returns an allocated TFLite interpreter: LiteRT, else tflite_runtime, else TF.
+
+    Raises:
+      ValueError: the file is not a whole TFLite model (`check_tflite_file`).
+    """
+    check_tflite_file(path)
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -158,6 +235,9 @@ class SavedModelClassifier:
         names = class_names or read_class_names(root) or read_class_names(saved)
         if not names:
             raise ValueError(f"no labels.txt or metadata.json class_names in {root}")
+        k = self._fn.structured_outputs["probabilities"].shape[-1]
+        if k is not None and len(names) != k:  # else the first face would fail, mid-session
+            raise ValueError(f"{saved} has {k} outputs but {len(names)} class names")
         self.class_names = list(names)
 
     def predict_faces(self, faces: Sequence[np.ndarray]) -> np.ndarray:

@@ -437,7 +437,7 @@ def export_run(
 
     Raises:
       FileNotFoundError: missing run, model or dataset.
-      FileExistsError: `output_dir` exists and is not an export.
+      FileExistsError: `output_dir` exists and is not an export, or it is or holds `run_dir`.
       ParityError: a TFLite variant disagrees with the SavedModel; nothing written.
     """
     options = dict(int8=int8, fp16=fp16, parity_threshold=parity_threshold, logit_adjust_tau=logit_adjust_tau,
@@ -449,6 +449,11 @@ def export_run(
     output_dir = os.path.normpath(output_dir)  # "export/" -> "export", for the renames
     # Fail on a bad run or input size before touching the output.
     check_input_size(input_size, int(runs.read_run_info(run_dir)["image_size"]))
+    out_real, run_real = os.path.realpath(output_dir), os.path.realpath(run_dir)
+    if out_real == run_real or run_real.startswith(out_real + os.sep):
+        # Replacing the output would delete the run it is exported from (e.g. a directory that
+        # `fer_tf.recover` made both a run and an export).
+        raise FileExistsError(f"--output={output_dir} holds the run {run_dir}; export to another directory")
     if os.path.isfile(output_dir) or (
         os.path.isdir(output_dir)
         and os.listdir(output_dir)

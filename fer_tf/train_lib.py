@@ -99,12 +99,14 @@ def train(config: TrainConfig, flags_text: str = "") -> dict[str, Any]:
     Raises:
       callbacks.NanLossError: when the loss diverges (the backup is kept).
     """
-    os.makedirs(config.run_dir, exist_ok=True)
-    with open(os.path.join(config.run_dir, "flags.txt"), "w") as f:
-        f.write(flags_text or json.dumps(dataclasses.asdict(config), indent=2, default=list))
+    # A finished run keeps the flags it was trained with: export.py, soup.py and fer_tf.recover
+    # read them, so a later command under the same name must not rewrite them.
     finished = _finished_metrics(config.run_dir)
     if finished is not None:
         return finished
+    os.makedirs(config.run_dir, exist_ok=True)
+    with open(os.path.join(config.run_dir, "flags.txt"), "w") as f:
+        f.write(flags_text or json.dumps(dataclasses.asdict(config), indent=2, default=list))
     strategy = _set_up_runtime(config)
     info = schema.read_dataset_info(config.data_dir)
     class_names = info["class_names"]

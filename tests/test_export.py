@@ -433,6 +433,16 @@ def test_re_export_keeps_the_model_card(tmp_path):
     assert (out / "metadata.json").read_text() != first  # the export itself was replaced
 
 
+def test_an_output_that_is_or_holds_the_run_is_refused(tmp_path):
+    run_dir, _ = make_run(str(tmp_path))
+    (tmp_path / "runs" / "metadata.json").write_text("{}")  # looks like an earlier export
+    before = sorted(os.listdir(run_dir))
+    for out in (run_dir, str(tmp_path / "runs")):
+        with pytest.raises(FileExistsError, match="holds the run .*; export to another directory"):
+            export_lib.export_run(run_dir, out, int8=False)
+    assert sorted(os.listdir(run_dir)) == before and "model.keras" in before
+
+
 def test_requantization_check_finds_the_op_xnnpack_would_refuse(tmp_path, exported):
     # A conv whose ReLU output is zero on every calibration image gets a ~1e-8 int8 scale,
     # so its own requantization ratio is far above XNNPACK's limit (what release v3 met:

@@ -95,6 +95,16 @@ def test_labels_that_str_isdigit_accepts_but_int_rejects_are_counted(tmp_path, e
     assert info["splits"]["train"]["num_examples"] == 1
 
 
+def test_quoted_csv_with_cr_only_line_ends_is_a_conversion_error_not_a_csv_crash(tmp_path):
+    path = tmp_path / "mac.csv"
+    path.write_bytes(
+        ("\r".join([HEADER, f'0,"{_pixels(10)}",Training', f'3,"{_pixels(20)}",Training']) + "\r").encode()
+    )
+    with pytest.raises(ConversionError):  # csv.Error before: "new-line character seen in unquoted field"
+        fer2013.convert_fer2013(str(path), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_strict_names_the_first_bad_row(tmp_path):
     csv_path = _write(tmp_path / "f.csv", [HEADER, GOOD[0], BAD["label_out_of_range"], BAD["short_row"]])
     with pytest.raises(

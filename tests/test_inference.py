@@ -8,6 +8,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -392,6 +393,27 @@ def test_class_names_fallbacks(export_dir, tmp_path):
     assert inference.TFLiteClassifier(tflite).class_names == [f"class_{i}" for i in range(7)]
     (tmp_path / "metadata.json").write_text(json.dumps({"class_names": CLASSES}))
     assert inference.TFLiteClassifier(tflite).class_names == CLASSES
+
+
+def test_saved_model_with_the_wrong_number_of_labels_fails_when_loaded(export_dir, tmp_path):
+    broken = tmp_path / "export"
+    shutil.copytree(export_dir, broken)
+    (broken / "labels.txt").write_text("angry\nhappy\nsad\n")
+    with pytest.raises(ValueError, match="has 7 outputs but 3 class names"):
+        inference.SavedModelClassifier(broken)
+
+
+def test_a_truncated_tflite_file_is_refused_before_the_interpreter_reads_it(export_dir, tmp_path):
+    data = (export_dir / "model_int8.tflite").read_bytes()
+    cut = tmp_path / "cut.tflite"
+    for n in (len(data) - 1, int(len(data) * 0.99), len(data) // 2, 64):  # 99% crashed tf.lite with SIGSEGV
+        cut.write_bytes(data[:n])
+        with pytest.raises(ValueError, match=r"is truncated or corrupt|not a TFLite model"):
+            inference.TFLiteClassifier(cut)
+    cut.write_bytes(b"TFL3" * 4)
+    with pytest.raises(ValueError, match="truncated or corrupt|not a TFLite model"):
+        classifiers.check_tflite_file(cut)
+    classifiers.check_tflite_file(export_dir / "model_int8.tflite")  # the whole file passes
 
 
 # ---------------------------------------------------------------- sources

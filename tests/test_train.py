@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import gzip
 import json
 import os
 import signal
@@ -97,6 +98,13 @@ def test_run_directory_follows_the_contract(finished_run, synthetic_data_dir):
     )
     assert "epoch_learning_rate" in _event_tags(run / "logs" / "train")
     assert "validation_confusion_matrix" in _event_tags(run / "logs" / "confusion")
+
+
+def test_a_finished_run_keeps_its_flags_when_the_name_is_reused(finished_run):
+    config, result = finished_run
+    other = dataclasses.replace(config, learning_rate=0.5, batch_size=7)
+    assert train_lib.train(other, flags_text="--name=base\n--lr=0.5\n--batch_size=7\n") == result
+    assert (Path(config.run_dir) / "flags.txt").read_text() == "--name=base\n"
 
 
 def test_saved_model_reproduces_the_reported_metrics(finished_run, synthetic_data_dir):
@@ -298,6 +306,16 @@ def test_missing_raw_data_explains_where_to_download(tmp_path):
         f"--raw_data={tmp_path / 'raw' / 'fer2013.csv'}",
     )
     assert last.startswith("error:") and "kaggle.com" in last
+
+
+def test_unconvertible_raw_data_is_a_one_line_error(tmp_path):
+    raw = tmp_path / "fer2013.csv.gz"
+    raw.write_bytes(gzip.compress(b"emotion,pixels,Usage\n" + b"0,1 2 3,Training\n" * 50)[:-20])
+    last = _train_error(
+        "--name=x", f"--runs_dir={tmp_path}", f"--data_dir={tmp_path / 'fer'}", f"--raw_data={raw}"
+    )
+    assert last.startswith("error:") and "unreadable gzip" in last and str(raw) in last
+    assert not (tmp_path / "fer").exists()
 
 
 def test_a_model_that_cannot_be_widened_is_a_one_line_error(synthetic_data_dir, tmp_path):

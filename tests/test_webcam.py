@@ -111,9 +111,14 @@ def test_single_image_output_and_max_frames(tmp_path, tflite):
         ["--source", "7"],  # no camera 7 here
         ["--source", "/no/such/clip.mp4"],
         ["--source", ".", "--model", "/no/such/model.tflite"],
+        ["--source", ".", "--model", "truncated"],  # cut at 99%: tf.lite crashed with SIGSEGV
     ],
 )
-def test_bad_source_or_model_is_one_line_exit_2(args, tmp_path):
+def test_bad_source_or_model_is_one_line_exit_2(args, tmp_path, tflite):
+    if args[-1] == "truncated":
+        data = Path(tflite).read_bytes()
+        (tmp_path / "cut.tflite").write_bytes(data[: len(data) * 99 // 100])
+        args = [*args[:-1], tmp_path / "cut.tflite"]
     if args[1] == ".":
         cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
         args = ["--source", tmp_path, *args[2:]]
@@ -121,3 +126,37 @@ def test_bad_source_or_model_is_one_line_exit_2(args, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_outputs_that_would_overwrite_the_source_are_refused(tmp_path, tflite):
+    image = tmp_path / "faces" / "face.png"
+    image.parent.mkdir()
+    cv2.imwrite(str(image), frame_with_faces([(200, 100)]))
+    original = image.read_bytes()
+    cases = [
+        (image, "--output", image, "is the source itself"),
+        (image, "--log", image, "is the source itself"),
+        (image.parent, "--output", image.parent, "is the source itself"),
+        (image.parent, "--output", image.parent / "annotated", "is inside the source folder"),
+    ]
+    for source, flag, target, message in cases:
+        proc = run_webcam(
+            "--model", tflite, "--source", source, flag, target, "--headless", "--detector=haar"
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert (
+            proc.stderr.strip().splitlines()[-1].endswith(f"{message}; it would overwrite the input {source}")
+        )
+    assert image.read_bytes() == original and sorted(os.listdir(image.parent)) == ["face.png"]
+
+
+def test_image_output_without_a_writer_is_one_line_exit_2(tmp_path, tflite):
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), frame_with_faces([(200, 100)]))
+    for target, reason in ((tmp_path / "out.txt", "use an image extension such as .png"),
+                           (tmp_path / "missing" / "out.png", "no such folder")):  # fmt: skip
+        proc = run_webcam(
+            "--model", tflite, "--source", image, "--output", target, "--headless", "--detector=haar"
+        )
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == f"error: cannot write image {target} ({reason})"
