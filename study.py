@@ -10,6 +10,7 @@ seeds, e.g. `python study.py --flagfile=fer2013.flags --seeds=10`. Its --name an
 --data_dir become the study's one dataset and <runs_dir>/<name>_seeds.
 """
 
+import math
 import os
 import sys
 
@@ -65,9 +66,17 @@ def prepare_datasets(datasets: dict[str, str]) -> dict[str, str]:
     for name, path in datasets.items():
         if not os.path.exists(os.path.join(path, "dataset_info.json")):
             cli.fail(f"dataset {name}: no dataset_info.json in {path} (convert it, or pass --raw_data)")
-    if F.imbalance_factors:
+    factors = []
+    for text in F.imbalance_factors:
+        try:
+            factors.append(float(text))
+        except ValueError:
+            factors.append(math.nan)
+        if not factors[-1] >= 1:  # also NaN
+            cli.fail(f"--imbalance_factors: {text!r} is not a number >= 1")
+    if factors:
         from data_tools import longtail  # imports Beam: only when needed
-    for factor in map(float, F.imbalance_factors):
+    for factor in factors:
         path = os.path.join(F.study_dir, "data", f"{first}_if{factor:g}")
         if not os.path.exists(os.path.join(path, "dataset_info.json")):
             print(f"building {path} (long-tail IF {factor:g} of {first_dir})", flush=True)

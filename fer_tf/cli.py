@@ -57,8 +57,11 @@ def number_or_text(value: str) -> Any:
 
 
 def parse_model_kw(items: Sequence[str]) -> dict[str, Any]:
-    """`--model_kw` items ("depth=0.5", "activation=hard_silu") as model keywords."""
-    pairs = (item.partition("=") for item in items if item)
+    """`--model_kw` items ("depth=0.5", "activation=hard_silu") as model keywords; a one-line error otherwise."""
+    pairs = [item.partition("=") for item in items if item]
+    for key, equals, _ in pairs:
+        if not equals or not key.strip():
+            fail(f"--model_kw items must be key=value (e.g. depth=0.5), got {key!r}")
     return {key.strip(): number_or_text(value.strip()) for key, _, value in pairs}
 
 

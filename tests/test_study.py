@@ -387,3 +387,10 @@ def test_long_tail_tables_say_the_real_head_tail_ratio():
     assert "imbalance factor 16.5." in table and "head/tail" not in table
     del info["source"]
     assert "imbalance factor" not in study_report._summary_table("lt", info, "val", by_method)
+
+
+def test_a_bad_imbalance_factor_is_a_one_line_error(synthetic_data_dir, tmp_path):
+    cmd = _study_cmd(tmp_path / "s", synthetic_data_dir, "--imbalance_factors=10,abc")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "error: --imbalance_factors: 'abc' is not a number >= 1"

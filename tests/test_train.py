@@ -298,6 +298,14 @@ def _train_error(*args) -> str:
     return proc.stderr.strip().splitlines()[-1]
 
 
+def test_model_kw_without_equals_is_a_one_line_error(synthetic_data_dir, tmp_path):
+    last = _train_error(
+        "--name=kw", f"--runs_dir={tmp_path}", f"--data_dir={synthetic_data_dir}", "--model_kw=foo"
+    )
+    assert last == "error: --model_kw items must be key=value (e.g. depth=0.5), got 'foo'"
+    assert not (tmp_path / "kw").exists()
+
+
 def test_missing_raw_data_explains_where_to_download(tmp_path):
     last = _train_error(
         "--name=x",
