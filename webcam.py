@@ -144,7 +144,10 @@ def run(recognizer: Recognizer, source, writer: _Writer, log, window: bool, summ
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:  # `webcam.py clip.mp4` would otherwise open camera 0
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (the input is --source=...)")
+    if F.max_frames < 0:
+        cli.fail(f"--max_frames must be >= 0 (0: all frames), got {F.max_frames}")
     cv2.setNumThreads(F.threads)
     try:
         source = open_source(F.source)

@@ -112,6 +112,8 @@ def test_single_image_output_and_max_frames(tmp_path, tflite):
         ["--source", "/no/such/clip.mp4"],
         ["--source", ".", "--model", "/no/such/model.tflite"],
         ["--source", ".", "--model", "truncated"],  # cut at 99%: tf.lite crashed with SIGSEGV
+        ["--source", ".", "clip.mp4"],  # a positional path: it used to open camera 0 instead
+        ["--source", ".", "--max_frames=-1"],
     ],
 )
 def test_bad_source_or_model_is_one_line_exit_2(args, tmp_path, tflite):
