@@ -131,6 +131,8 @@ def main(argv: list[str]) -> None:
     model = _MODEL.value or str(default_model_path())
     if not _DATA.value:
         fail("--data is required")
+    if _OUTPUT_DIR.value and os.path.exists(_OUTPUT_DIR.value) and not os.path.isdir(_OUTPUT_DIR.value):
+        fail(f"--output_dir={_OUTPUT_DIR.value} is a file")  # checked before the evaluation, not after
     paths = [("model", model), ("data", _DATA.value)]
     if _FERPLUS_LABELS.value:
         if not os.path.isfile(_DATA.value):

@@ -23,7 +23,11 @@ _OUTPUT = flags.DEFINE_string("output", "export", "Export directory; a previous 
 _INT8 = flags.DEFINE_bool("int8", True, "Write model_int8.tflite (full integer, uint8 in and out).")
 _FP16 = flags.DEFINE_bool("fp16", False, "Also write model_float16.tflite.")
 _PARITY = flags.DEFINE_float(
-    "parity_threshold", 0.98, "Minimum int8 top-1 agreement with the SavedModel on the val split."
+    "parity_threshold",
+    0.98,
+    "Minimum int8 top-1 agreement with the SavedModel on the val split, in [0, 1].",
+    lower_bound=0.0,
+    upper_bound=1.0,
 )
 _TAU = flags.DEFINE_string(
     "logit_adjust_tau",

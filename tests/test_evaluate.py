@@ -256,3 +256,13 @@ def test_ferplus_labels_bad_input_is_a_one_line_error(setup, name, message):
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and lines[-1].endswith(message), stderr
     assert "Traceback" not in stderr
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_evaluating(tmp_path):
+    (tmp_path / "report").write_text("not a folder")
+    results = run_scripts_in_parallel(
+        "evaluate.py", {"file": [f"--data={tmp_path / 'faces.csv'}", f"--output_dir={tmp_path / 'report'}"]}
+    )
+    code, stdout, stderr = results["file"]
+    assert code == 2 and stdout == ""
+    assert stderr.strip().splitlines() == [f"error: --output_dir={tmp_path / 'report'} is a file"]

@@ -303,6 +303,11 @@ def test_export_cli_errors(tmp_path):
     proc = run_script("export.py", f"--run={tmp_path}", "--logit_adjust_tau=strong")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --logit_adjust_tau=strong: expected a number or 'auto'"
+    proc = run_script("export.py", f"--run={tmp_path}", "--parity_threshold=1.5")  # refused before any work
+    assert (
+        proc.returncode != 0
+        and "--parity_threshold=1.5: 1.5 is not a number in the range [0.0, 1.0]" in proc.stderr
+    )
 
 
 def test_parity_separates_near_ties_from_confident_flips():
