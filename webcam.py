@@ -99,14 +99,12 @@ def check_outputs(source, output: str | None, log: str | None) -> None:
     """
     if source.kind == "camera":
         return
-    src = os.path.realpath(source.spec)
     for flag, path in (("--output", output), ("--log", log)):
         if not path:
             continue
-        target = os.path.realpath(path)
-        inside = source.kind == "folder" and (target == src or target.startswith(src + os.sep))
-        if target == src or inside:
-            where = "inside the source folder" if target != src else "the source itself"
+        same = os.path.realpath(path) == os.path.realpath(source.spec)
+        if same or (source.kind == "folder" and cli.is_within(path, source.spec)):
+            where = "the source itself" if same else "inside the source folder"
             cli.fail(f"{flag}={path} is {where}; it would overwrite the input {source.spec}")
     if source.kind != "folder" and output and log and os.path.realpath(output) == os.path.realpath(log):
         cli.fail(f"--output and --log are the same file {output}")

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 from data_tools.images import ImageDecoder, ImageItem
 from data_tools.splits import draw_splits, group_of
 from data_tools.writer import Source
-from fer_tf import schema
+from fer_tf import cli, schema
 
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
@@ -230,7 +230,7 @@ def _walk_files(directory: str, skipped: collections.Counter | None = None) -> l
         keep = []
         for d in sorted(d for d in dirs if _visible(d)):
             real = os.path.realpath(os.path.join(parent, d))
-            if real in visited or start == real or start.startswith(real + os.sep):
+            if real in visited or cli.is_within(start, real):
                 if skipped is not None:
                     skipped["symlink_loop"] += 1
                 continue

@@ -48,6 +48,12 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def is_within(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies inside it, symlinks resolved: writing there could overwrite it."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def number_or_text(value: str) -> Any:
     """A flag value as int or float when it reads as one (`model_kw` values), else the text."""
     try:

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import data, metrics, quantize, runs
+from fer_tf import cli, data, metrics, quantize, runs
 from fer_tf.predict import LABELS_FILE, METADATA_FILE, SAVED_MODEL_DIR, SavedModelPredictor, TFLitePredictor
 
 TFLITE_FILES = {
@@ -449,8 +449,7 @@ def export_run(
     output_dir = os.path.normpath(output_dir)  # "export/" -> "export", for the renames
     # Fail on a bad run or input size before touching the output.
     check_input_size(input_size, int(runs.read_run_info(run_dir)["image_size"]))
-    out_real, run_real = os.path.realpath(output_dir), os.path.realpath(run_dir)
-    if out_real == run_real or run_real.startswith(out_real + os.sep):
+    if cli.is_within(run_dir, output_dir):
         # Replacing the output would delete the run it is exported from (e.g. a directory that
         # `fer_tf.recover` made both a run and an export).
         raise FileExistsError(f"--output={output_dir} holds the run {run_dir}; export to another directory")
