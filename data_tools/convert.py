@@ -266,9 +266,9 @@ def _convert_longtail(source: Any, output: str, imbalance_factor: float, seed: i
     """Converts into a temp dir beside `output`, then writes the long-tail subset to `output`."""
     from data_tools import longtail, writer
 
-    if imbalance_factor < 1:
-        raise ValueError(f"--imbalance_factor must be >= 1, got {imbalance_factor}")
-    writer.check_replaceable(os.path.abspath(output))  # before the conversion, not after it
+    # Both checks before the conversion, not after it.
+    longtail.check_imbalance_factor(imbalance_factor)
+    writer.check_replaceable(os.path.abspath(output))
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(output)}.full-", dir=parent) as full:

@@ -41,9 +41,16 @@ class SplitArrays:
     synthetic: np.ndarray  # bool [N]
 
 
-def split_files(data_dir: str, split: str) -> list[str]:
-    """The shard files of `split`, sorted (their order is the record order)."""
-    return sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
+def split_files(data_dir: str, split: str, expected: int | None = None) -> list[str]:
+    """The shard files of `split`, sorted (their order is the record order).
+
+    Raises:
+      ValueError: `expected` is given and another number of shards is there.
+    """
+    files = sorted(tf.io.gfile.glob(schema.shard_pattern(data_dir, split)))
+    if expected is not None and len(files) != expected:
+        raise ValueError(f"{data_dir}: dataset_info says {expected} {split} shards, found {len(files)}")
+    return files
 
 
 def read_split(data_dir: str, split: str, info: Mapping[str, Any] | None = None) -> SplitArrays:
@@ -65,11 +72,7 @@ def read_split(data_dir: str, split: str, info: Mapping[str, Any] | None = None)
     h, w, c = info["image_shape"]
     k = len(info["class_names"])
     entry = info["splits"].get(split, {})
-    files = split_files(data_dir, split)
-    if "num_shards" in entry and len(files) != entry["num_shards"]:
-        raise ValueError(
-            f"{data_dir}: dataset_info says {entry['num_shards']} {split} shards, found {len(files)}"
-        )
+    files = split_files(data_dir, split, entry.get("num_shards"))
     parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     ds = tf.data.TFRecordDataset(files)
     ds = ds.map(
@@ -124,10 +127,7 @@ def _count_synthetic(records: Iterable[Record], counter: collections.Counter) ->
 
 
 def _copy_split(input_dir: str, output_dir: str, split: str, expected: int) -> None:
-    files = split_files(input_dir, split)
-    if len(files) != expected:
-        raise ValueError(f"{input_dir}: dataset_info says {expected} {split} shards, found {len(files)}")
-    for path in files:
+    for path in split_files(input_dir, split, expected):
         shutil.copyfile(path, os.path.join(output_dir, os.path.basename(path)))
 
 

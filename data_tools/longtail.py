@@ -24,6 +24,12 @@ from data_tools import derive
 from fer_tf import schema
 
 
+def check_imbalance_factor(imbalance_factor: float) -> None:
+    """Raises ValueError unless the imbalance factor is >= 1 (1: no change)."""
+    if not imbalance_factor >= 1:
+        raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")
+
+
 def longtail_targets(counts: Sequence[int], imbalance_factor: float) -> np.ndarray:
     """Training images each class should keep for an imbalance factor, before clipping.
 
@@ -37,8 +43,7 @@ def longtail_targets(counts: Sequence[int], imbalance_factor: float) -> np.ndarr
     counts = [int(c) for c in counts]
     if len(counts) < 2:
         raise ValueError("a long-tail subset needs at least two classes")
-    if imbalance_factor < 1:
-        raise ValueError(f"imbalance_factor must be >= 1, got {imbalance_factor}")
+    check_imbalance_factor(imbalance_factor)
     order = sorted(range(len(counts)), key=lambda k: (-counts[k], k))
     rank = {k: r for r, k in enumerate(order)}
     n_max = max(counts)
