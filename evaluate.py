@@ -38,8 +38,9 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from fer_tf import cli
 from fer_tf.classifiers import default_model_path
 from fer_tf.cli import fail, parse_input_range, parse_labels
 
@@ -174,4 +175,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
+from fer_tf import cli
 from fer_tf.cli import fail
 
 _RUN = flags.DEFINE_string("run", None, "Training run directory (runs/<name>/).")
@@ -142,4 +143,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 import train
 from fer_tf import cli
@@ -135,4 +135,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main, argv=cli.resolve_flagfiles(sys.argv))
+    cli.run(main, argv=cli.resolve_flagfiles(sys.argv))

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from fer_tf import cli
 
@@ -201,4 +201,4 @@ def main(argv):
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     define_flags()
-    app.run(main, argv=cli.resolve_flagfiles(sys.argv))
+    cli.run(main, argv=cli.resolve_flagfiles(sys.argv))

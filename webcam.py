@@ -15,7 +15,7 @@ import sys
 import time
 
 import cv2
-from absl import app, flags
+from absl import flags
 
 # Only an export dir's SavedModel (or TFLite without LiteRT) imports TensorFlow; keep its logs quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -185,4 +185,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.resolve_flagfiles(sys.argv))
+    cli.run(main, argv=cli.resolve_flagfiles(sys.argv))

@@ -35,8 +35,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python data_tools/convert.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags
+from absl import flags
 
+from fer_tf import cli
 from fer_tf.cli import fail
 
 # TensorFlow and Beam are imported only once the inputs are checked: they take
@@ -279,4 +280,4 @@ def _convert_longtail(source: Any, output: str, imbalance_factor: float, seed: i
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_tools import derive, fer2013
-from fer_tf import schema
+from fer_tf import cli, schema
 
 _ROW_ID = re.compile(r"row-(\d+)")
 
@@ -168,4 +168,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_tools import derive
-from fer_tf import schema
+from fer_tf import cli, schema
 
 
 def check_imbalance_factor(imbalance_factor: float) -> None:
@@ -149,4 +149,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -20,11 +20,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from data_tools import derive
 from data_tools.writer import Record
-from fer_tf import schema
+from fer_tf import cli, schema
 
 # Named target rules: every class below the reference count is raised to it.
 TARGET_RULES = ("balance", "max", "median", "mean")
@@ -202,4 +202,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as `python data_tools/synthetic.py`: make t
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_tools.synthetic_faces import render_face, render_face_large  # noqa: E402
+from fer_tf import cli  # noqa: E402
 from fer_tf.schema import FER2013_CLASSES, SPLITS  # noqa: E402
 
 NUM_CLASSES = len(FER2013_CLASSES)
@@ -362,7 +363,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     define_flags()
-    app.run(main)
+    cli.run(main)

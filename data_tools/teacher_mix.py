@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from data_tools import derive
-from fer_tf import distill, runs, schema
+from fer_tf import cli, distill, runs, schema
 
 
 def teacher_targets(
@@ -161,4 +161,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

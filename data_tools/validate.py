@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
 from data_tools import dedup, derive
-from fer_tf import report, schema
+from fer_tf import cli, report, schema
 
 REFERENCE_SPLIT = "train"
 
@@ -368,4 +368,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

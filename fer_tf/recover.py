@@ -32,7 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from fer_tf import cli, data, export_lib, models, runs
 
@@ -211,4 +211,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main)

@@ -137,7 +137,8 @@ def split_ingredient(entry: str, checkpoint: str = "best") -> tuple[str, str]:
 def _check_runs(run_dirs: Sequence[str]) -> list[dict[str, Any]]:
     infos = [runs.read_run_info(run_dir) for run_dir in run_dirs]
     for run_dir, info in zip(run_dirs[1:], infos[1:], strict=True):
-        for key in ("class_names", "image_size", "channels", "model"):
+        # `params` tells apart widths and depths of one model family, before any model loads.
+        for key in ("class_names", "image_size", "channels", "model", "params"):
             if info.get(key) != infos[0].get(key):
                 raise ValueError(
                     f"{run_dir} differs from {run_dirs[0]} in {key} "

@@ -9,8 +9,10 @@ near-uniform probabilities. `make_run` is reused by tests/test_evaluate.py.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -304,10 +306,31 @@ def test_export_cli_errors(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --logit_adjust_tau=strong: expected a number or 'auto'"
     proc = run_script("export.py", f"--run={tmp_path}", "--parity_threshold=1.5")  # refused before any work
-    assert (
-        proc.returncode != 0
-        and "--parity_threshold=1.5: 1.5 is not a number in the range [0.0, 1.0]" in proc.stderr
+    assert proc.returncode == 2  # a usage error, not exit 1: that is a refused (non-parity) export
+    assert proc.stderr.strip() == (
+        "error: flag --parity_threshold=1.5: 1.5 is not a number in the range [0.0, 1.0]"
     )
+
+
+def test_killed_export_leaves_no_staging_folder_and_keeps_the_old_export(exported, tmp_path):
+    """SIGTERM (a scheduler's time limit, `kill`) unwinds the export like an error does."""
+    out = tmp_path / "export"
+    shutil.copytree(exported["out"], out)
+    before = sorted(os.listdir(out))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(
+        [sys.executable, "export.py", f"--run={exported['run_dir']}", f"--output={out}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not any(".tmp-" in name for name in os.listdir(tmp_path)):  # staging has started
+        assert proc.poll() is None and time.time() < deadline, "the export never started staging"
+        time.sleep(0.05)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no .export.tmp-* or .export.old-* left
+    assert sorted(os.listdir(out)) == before
 
 
 def test_parity_separates_near_ties_from_confident_flips():

@@ -175,3 +175,10 @@ def test_soup_cli_errors(tmp_path):
         json.dump(info, f)
     mixed = run_script("soup.py", f"--runs={first},{other}", f"--output={tmp_path / 'x'}")
     assert mixed.returncode == 1 and "image_size" in mixed.stderr
+    with open(os.path.join(first, "run_info.json")) as f:
+        info = json.load(f)
+    info["params"] = (info.get("params") or 1000) * 2  # another width of the same model
+    with open(os.path.join(other, "run_info.json"), "w") as f:
+        json.dump(info, f)
+    wider = run_script("soup.py", f"--runs={first},{other}", f"--output={tmp_path / 'x'}")
+    assert wider.returncode == 1 and f"{other} differs from {first} in params" in wider.stderr
