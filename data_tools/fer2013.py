@@ -99,17 +99,23 @@ def _read_blocks(raw: BinaryIO) -> Iterator[bytes]:
     """
     gzipped = raw.read(2) == b"\x1f\x8b"
     raw.seek(0)
-    inflater, pending = zlib.decompressobj(wbits=31), False
+    # `between` holds between gzip members, where zero bytes may pad the file (tape
+    # blocks, some archivers); gzip.decompress skips them too.
+    inflater, pending, between = zlib.decompressobj(wbits=31), False, True
     while block := raw.read(_BLOCK):
         if not gzipped:
             yield block
             continue
         while block:
+            if between:
+                block = block.lstrip(b"\x00")
+                if not block:
+                    break
             yield inflater.decompress(block)
-            pending = not inflater.eof
+            pending, between = not inflater.eof, False
             block = inflater.unused_data
             if inflater.eof:  # a gzip file may hold several members back to back
-                inflater = zlib.decompressobj(wbits=31)
+                inflater, between = zlib.decompressobj(wbits=31), True
     if pending:
         raise EOFError("truncated gzip file")
 

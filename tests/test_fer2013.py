@@ -141,6 +141,21 @@ def test_header_only_and_truncated_gzip(tmp_path):
         fer2013.fer2013_source(str(path), progress=False)
 
 
+def test_gzip_members_and_zero_padding_read_like_gzip_module(tmp_path, monkeypatch):
+    lines = [HEADER, *GOOD]
+    first, second = ("\n".join(lines[:3]) + "\n").encode(), ("\n".join(lines[3:]) + "\n").encode()
+    monkeypatch.setattr(fer2013, "_BLOCK", 64)  # padding and members straddle read blocks
+    path = tmp_path / "f.csv.gz"
+    padded = gzip.compress(first) + bytes(100) + gzip.compress(second) + bytes(1000)
+    assert gzip.decompress(padded) == first + second  # what the gzip format allows
+    path.write_bytes(padded)
+    header, rows = fer2013.read_csv(str(path), progress=False)
+    assert header == HEADER.lower().split(",") and len(rows) == len(GOOD)
+    path.write_bytes(gzip.compress(first + second) + b"\x00\x00junk")  # not padding: refused
+    with pytest.raises(ConversionError, match="unreadable gzip"):
+        fer2013.read_csv(str(path), progress=False)
+
+
 def test_csv_without_usage_is_all_train_or_a_seeded_split(tmp_path):
     lines = ["emotion,pixels"] + [f"{i % 7},{_pixels(i)}" for i in range(200)]
     path = _write(tmp_path / "f.csv", lines)
