@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from data_tools.images import ImageDecoder, ImageItem
 from data_tools.splits import draw_splits, group_of
-from data_tools.writer import Source
+from data_tools.writer import Skips, Source
 from fer_tf import cli, schema
 
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
@@ -147,7 +147,7 @@ def build_source(
       split: train/val/test fractions for entries without a split.
       val_fraction: fraction of train (stratified, seeded) moved to val; needs a layout without val.
       seed: seed of every split drawn here.
-      skipped: listing-time skip counts.
+      skipped: listing-time skip counts; a `Skips` also names the first, for strict mode.
       details: extra `dataset_info.json` source fields.
 
     Returns:
@@ -157,7 +157,7 @@ def build_source(
       ValueError: when no image is left or the options conflict with the layout.
     """
     entries = sorted(entries, key=lambda e: e.image_id)
-    skipped = collections.Counter(skipped or {})
+    skipped = skipped.copy() if isinstance(skipped, Skips) else Skips(skipped)
     found = {e.class_name for e in entries}
     if classes is not None:
         class_names = [canonical_class(c) for c in classes]
@@ -170,7 +170,7 @@ def build_source(
         class_names = canonical + sorted(found - set(canonical))
     index = {c: i for i, c in enumerate(class_names)}
     kept = [e for e in entries if e.class_name in index]
-    skipped["unknown_class"] += len(entries) - len(kept)
+    skipped.add("unknown_class", [e.image_id for e in entries if e.class_name not in index])
     if not kept:
         raise ValueError(f"{name}: no labelled image found (skipped: {dict(skipped)})")
     labels = [index[e.class_name] for e in kept]
@@ -198,6 +198,7 @@ def build_source(
         class_names=class_names,
         image_shape=[decoder.image_size, decoder.image_size, decoder.channels],
         skipped={k: v for k, v in skipped.items() if v},
+        first_skipped=skipped.first,
         details=details,
     )
 
@@ -216,7 +217,7 @@ def _listdir(directory: str) -> tuple[dict[str, str], list[str]]:
     return {e.name: e.path for e in entries if e.is_dir()}, sorted(e.path for e in entries if e.is_file())
 
 
-def _walk_files(directory: str, skipped: collections.Counter | None = None) -> list[str]:
+def _walk_files(directory: str, skipped: Skips | None = None) -> list[str]:
     """Every visible file under `directory`, recursively, in sorted order.
 
     Symlinked folders are followed, except one that leads back to a folder of the
@@ -232,7 +233,7 @@ def _walk_files(directory: str, skipped: collections.Counter | None = None) -> l
             real = os.path.realpath(os.path.join(parent, d))
             if real in visited or cli.is_within(start, real):
                 if skipped is not None:
-                    skipped["symlink_loop"] += 1
+                    skipped.add("symlink_loop", [os.path.join(parent, d)])
                 continue
             visited.add(real)
             keep.append(d)
@@ -269,13 +270,13 @@ def _scan_class_folders(directory, root, split, skipped, folders) -> list[Entry]
     entries = []
     dirs, files = _listdir(_unwrap(directory))
     # Loose images have no class; loose other files (README, CSV) are documentation.
-    skipped["unlabeled_image"] += sum(map(_is_image_name, files))
+    skipped.add("unlabeled_image", [f for f in files if _is_image_name(f)])
     for folder, path in sorted(dirs.items()):
         files = _walk_files(path, skipped)
         images = [f for f in files if _is_image_name(f)]
-        skipped["not_an_image"] += len(files) - len(images)
+        skipped.add("not_an_image", [f for f in files if not _is_image_name(f)])
         if not images:
-            skipped["empty_class"] += 1
+            skipped.add("empty_class", [path])
             folders["empty_class_folders"].append(_relative_id(path, root))
             continue
         name = canonical_class(folder)
@@ -284,14 +285,14 @@ def _scan_class_folders(directory, root, split, skipped, folders) -> list[Entry]
     return entries
 
 
-def scan_folders(root: str) -> tuple[list[Entry], collections.Counter, dict[str, Any]]:
+def scan_folders(root: str) -> tuple[list[Entry], Skips, dict[str, Any]]:
     """Lists `root/<split>/<class>/**` or `root/<class>/**`.
 
     Returns:
       The entries, the listing-time skip counts and layout details (layout,
       class_folders {class: [folders]}, empty_class_folders).
     """
-    skipped = collections.Counter()
+    skipped = Skips()
     folders: dict[str, Any] = {"class_folders": {}, "empty_class_folders": []}
     top, files = _listdir(_unwrap(root))
     split_dirs = {n: p for n, p in top.items() if n.lower() in SPLIT_ALIASES}
@@ -301,9 +302,9 @@ def scan_folders(root: str) -> tuple[list[Entry], collections.Counter, dict[str,
     entries = []
     for folder, path in sorted(split_dirs.items()):
         entries += _scan_class_folders(path, root, SPLIT_ALIASES[folder.lower()], skipped, folders)
-    skipped["unlabeled_image"] += sum(map(_is_image_name, files))
+    skipped.add("unlabeled_image", [f for f in files if _is_image_name(f)])
     for folder in sorted(set(top) - set(split_dirs)):
-        skipped["unknown_split"] += sum(map(_is_image_name, _walk_files(top[folder])))
+        skipped.add("unknown_split", [f for f in _walk_files(top[folder]) if _is_image_name(f)])
     return entries, skipped, {"layout": "split_folders", **folders}
 
 
@@ -312,7 +313,7 @@ def _find_column(header: Sequence[str], names: Sequence[str]) -> int | None:
     return next((lowered.index(n) for n in names if n in lowered), None)
 
 
-def read_labels_csv(csv_path: str, root: str) -> tuple[list[Entry], collections.Counter]:
+def read_labels_csv(csv_path: str, root: str) -> tuple[list[Entry], Skips]:
     """Reads a labels CSV: a file column, a label column and an optional split column.
 
     Column names (case-insensitive): file|path|image|filename|file_name|image_name|
@@ -333,7 +334,7 @@ def read_labels_csv(csv_path: str, root: str) -> tuple[list[Entry], collections.
       FileNotFoundError: no such CSV.
       ValueError: the header lacks a file or label column.
     """
-    skipped = collections.Counter()
+    skipped = Skips()
     entries = []
     image_dirs = sorted(d for d in _listdir(root)[0] if "image" in d.lower())
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -344,6 +345,7 @@ def read_labels_csv(csv_path: str, root: str) -> tuple[list[Entry], collections.
         if file_col is None or label_col is None:
             raise ValueError(f"{csv_path}: header {header} needs a file and a label column")
         for row in rows:
+            where = f"{os.path.basename(csv_path)} line {rows.line_num}"
             if not any(cell.strip() for cell in row):
                 continue
             if (
@@ -351,13 +353,13 @@ def read_labels_csv(csv_path: str, root: str) -> tuple[list[Entry], collections.
                 or not row[file_col].strip()
                 or not row[label_col].strip()
             ):
-                skipped["bad_row"] += 1
+                skipped.add("bad_row", [where])
                 continue
             split = None
             if split_col is not None:
                 split = SPLIT_ALIASES.get(row[split_col].strip().lower()) if split_col < len(row) else None
                 if split is None:
-                    skipped["unknown_split"] += 1
+                    skipped.add("unknown_split", [where])
                     continue
             file = row[file_col].strip().replace("\\", "/")
             paths = (
@@ -367,7 +369,7 @@ def read_labels_csv(csv_path: str, root: str) -> tuple[list[Entry], collections.
             )
             label = label_name(row[label_col])
             if label is None:
-                skipped["unknown_class"] += 1
+                skipped.add("unknown_class", [where])
                 continue
             entries.append(Entry(file, label, paths, split))
     return entries, skipped

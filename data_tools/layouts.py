@@ -30,7 +30,6 @@ otherwise near-identical frames would leak from train into test.
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from typing import Any
 from data_tools import folders
 from data_tools.folders import DEFAULT_SPLIT, Entry
 from data_tools.images import ImageDecoder
-from data_tools.writer import Source
+from data_tools.writer import Skips, Source
 from fer_tf import schema
 
 # RAF-DB basic emotion codes (1-based) -> canonical names.
@@ -49,11 +48,13 @@ EXPW_LABELS = dict(enumerate(schema.FER2013_CLASSES))
 CKPLUS_SUBJECT = r"^(S\d+)_"
 
 
-def _read_lines(path: str) -> list[list[str]]:
+def _read_lines(path: str) -> list[tuple[str, list[str]]]:
+    """The non-blank lines of a label file as ("<file> line <n>", whitespace-split fields)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    name = os.path.basename(path)
     with open(path, encoding="utf-8-sig") as f:
-        return [line.split() for line in f if line.strip()]
+        return [(f"{name} line {n}", line.split()) for n, line in enumerate(f, 1) if line.strip()]
 
 
 def _code(text: str, table: dict[int, str]) -> str | None:
@@ -71,7 +72,7 @@ def _build(
     name: str,
     root: str,
     entries: list[Entry],
-    skipped: collections.Counter,
+    skipped: Skips,
     details: dict[str, Any],
     *,
     classes: Sequence[str] | None = None,
@@ -124,18 +125,18 @@ def rafdb_source(root: str, **options: Any) -> Source:
     base = root
     if not os.path.isdir(os.path.join(root, "EmoLabel")) and os.path.isdir(os.path.join(root, "basic")):
         base = os.path.join(root, "basic")
-    skipped = collections.Counter()
+    skipped = Skips()
     entries = []
-    for fields in _read_lines(os.path.join(base, "EmoLabel", "list_patition_label.txt")):
+    for where, fields in _read_lines(os.path.join(base, "EmoLabel", "list_patition_label.txt")):
         if len(fields) != 2:
-            skipped["bad_row"] += 1
+            skipped.add("bad_row", [where])
             continue
         file, label = fields[0], _code(fields[1], RAFDB_LABELS)
         subset = file.split("_", 1)[0].lower()
         if label is None:
-            skipped["unknown_class"] += 1
+            skipped.add("unknown_class", [where])
         elif subset not in ("train", "test"):
-            skipped["unknown_split"] += 1
+            skipped.add("unknown_split", [where])
         else:
             stem, ext = os.path.splitext(file)
             paths = (
@@ -175,9 +176,9 @@ def expw_source(root: str, *, min_confidence: float | None = None, **options: An
     image_dir = _first_dir(root, (os.path.join("image", "origin"), "origin", "image"))
     if image_dir is None:
         raise FileNotFoundError(f"{root}: no image/origin/ (or image/) folder")
-    skipped = collections.Counter()
+    skipped = Skips()
     entries = []
-    for fields in rows:
+    for where, fields in rows:
         try:
             top, left, right, bottom, confidence = (float(v) for v in fields[2:7])
         except ValueError:
@@ -185,13 +186,13 @@ def expw_source(root: str, *, min_confidence: float | None = None, **options: An
         if fields and not all(math.isfinite(v) for v in (top, left, right, bottom)):
             fields = []  # "nan" and "inf" parse as floats but are no box
         if len(fields) != 8:
-            skipped["bad_row"] += 1
+            skipped.add("bad_row", [where])
             continue
         name, face_id, label = fields[0], fields[1], _code(fields[7], EXPW_LABELS)
         if label is None:
-            skipped["unknown_class"] += 1
+            skipped.add("unknown_class", [where])
         elif min_confidence is not None and confidence < min_confidence:
-            skipped["low_confidence"] += 1
+            skipped.add("low_confidence", [where])
         else:
             box = (int(left), int(top), int(right), int(bottom))
             entries.append(Entry(f"{name}#{face_id}", label, (os.path.join(image_dir, name),), box=box))

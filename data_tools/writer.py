@@ -86,6 +86,25 @@ class Skip(Exception):
         return f"{self.detail} [{self.reason}]"
 
 
+class Skips(collections.Counter):
+    """Listing-time skip counts by reason that keep the first skipped input, which strict mode names."""
+
+    def __init__(self, counts: Mapping[str, int] | None = None):
+        super().__init__(counts or {})
+        self.first: tuple[str, str] | None = None  # (reason, input)
+
+    def add(self, reason: str, inputs: Sequence[str]) -> None:
+        """Counts `inputs` (their names: a path, "labels.csv line 7") as skipped for `reason`."""
+        if inputs and self.first is None:
+            self.first = (reason, inputs[0])
+        self[reason] += len(inputs)
+
+    def copy(self) -> "Skips":
+        copied = Skips(self)
+        copied.first = self.first
+        return copied
+
+
 class ConversionError(Exception):
     """A conversion that cannot produce a dataset; its message is one line for the user."""
 
@@ -100,6 +119,7 @@ class Source:
     class_names: Sequence[str]
     image_shape: Sequence[int]  # [H, W, C]
     skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)  # found while listing
+    first_skipped: tuple[str, str] | None = None  # (reason, input) of the first of them
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # -> dataset_info["source"]
     has_soft_labels: bool = False
 
@@ -142,8 +162,10 @@ def convert(
     if not source.items:
         raise ConversionError(f"{source.name}: no inputs found, nothing to convert")
     if strict and source.skipped:
+        reason, first = source.first_skipped or ("", "bad inputs while listing")
         raise ConversionError(
-            f"{source.name}: bad inputs while listing ({_format_counts(source.skipped)}); strict mode"
+            f"{source.name}: {first}{f' [{reason}]' if reason else ''} "
+            f"(strict mode; found while listing: {_format_counts(source.skipped)})"
         )
     output_dir = os.path.abspath(output_dir)
     check_replaceable(output_dir)

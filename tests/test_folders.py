@@ -78,6 +78,8 @@ def test_split_layout_classes_splits_and_listing_skips(messy_root):
         "unlabeled_image": 1,
         "unknown_split": 1,
     }
+    # The first one found, which --strict names: folders are listed in sorted order.
+    assert source.first_skipped == ("unlabeled_image", os.path.join(messy_root, "Train", "loose.png"))
     assert source.details["layout"] == "split_folders"
     assert sorted(source.details["class_folders"]["angry"]) == [
         "PublicTest/angry",

@@ -47,6 +47,7 @@ def test_rafdb_labels_splits_and_files(rafdb_root):
     assert source.name == "rafdb"
     assert list(source.class_names) == list(schema.FER2013_CLASSES)
     assert dict(source.skipped) == {"bad_row": 1, "unknown_class": 1, "unknown_split": 1}
+    assert source.first_skipped == ("bad_row", "list_patition_label.txt line 22")  # named by --strict
     by_id = {i.image_id: i for i in source.items}
     assert len(by_id) == 21
     # RAF-DB 1 = Surprise, 5 = Sadness, 6 = Anger, 7 = Neutral.

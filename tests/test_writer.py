@@ -152,6 +152,18 @@ def test_strict_names_the_first_bad_input(tmp_path):
         writer.convert(
             _source(_items(), skipped={"unknown_class": 1}), str(tmp_path / "ds"), strict=True, progress=False
         )
+    skips = writer.Skips()
+    skips.add("not_an_image", [])  # nothing skipped: no first
+    skips.add("not_an_image", ["a/notes.txt", "b/x.txt"])
+    skips.add("unknown_class", ["c/1.png"])
+    assert dict(skips) == {"not_an_image": 2, "unknown_class": 1}
+    assert skips.copy().first == ("not_an_image", "a/notes.txt")
+    listed = _source(_items(), skipped=dict(skips), first_skipped=skips.first)
+    with pytest.raises(ConversionError) as error:
+        writer.convert(listed, str(tmp_path / "ds"), strict=True, progress=False)
+    assert str(error.value) == (
+        "toy: a/notes.txt [not_an_image] (strict mode; found while listing: not_an_image=2, unknown_class=1)"
+    )
     assert os.listdir(tmp_path) == []
 
 
