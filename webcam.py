@@ -20,7 +20,7 @@ from absl import flags
 # Only an export dir's SavedModel (or TFLite without LiteRT) imports TensorFlow; keep its logs quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from fer_tf import cli
+from fer_tf import cli, sources
 from fer_tf.inference import Recognizer, SourceError, open_source
 from fer_tf.overlay import SessionSummary
 
@@ -96,7 +96,14 @@ def check_outputs(source, output: str | None, log: str | None) -> None:
     A video written onto itself is cut to the frames read so far, a log opened
     with "w" on the source empties it, and a folder written into itself replaces
     its images with their annotated copies: each would destroy the user's input.
+    A camera or video written to an image name would leave one image, each frame
+    overwriting the last (OpenCV's image-sequence writer), so that is refused too.
     """
+    if output and source.kind in ("camera", "video") and output.lower().endswith(sources.IMAGE_EXTENSIONS):
+        cli.fail(
+            f"--output={output} names an image; "
+            f"the {source.kind}'s annotated frames go to a video file (e.g. .mp4)"
+        )
     if source.kind == "camera":
         return
     for flag, path in (("--output", output), ("--log", log)):

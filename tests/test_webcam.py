@@ -152,6 +152,23 @@ def test_outputs_that_would_overwrite_the_source_are_refused(tmp_path, tflite):
     assert image.read_bytes() == original and sorted(os.listdir(image.parent)) == ["face.png"]
 
 
+def test_video_output_to_an_image_name_is_refused(tmp_path, tflite):
+    """OpenCV would write each frame over one image file, keeping only the last."""
+    clip = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    for _ in range(3):
+        writer.write(np.full((240, 320, 3), BACKGROUND, np.uint8))
+    writer.release()
+    target = tmp_path / "annotated.PNG"
+    proc = run_webcam("--model", tflite, "--source", clip, "--output", target, "--headless")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --output={target} names an image; "
+        "the video's annotated frames go to a video file (e.g. .mp4)"
+    )
+    assert not target.exists()
+
+
 def test_image_output_without_a_writer_is_one_line_exit_2(tmp_path, tflite):
     image = tmp_path / "face.png"
     cv2.imwrite(str(image), frame_with_faces([(200, 100)]))
