@@ -24,7 +24,14 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from data_tools.writer import ConversionError, Record, check_replaceable, write_shards
+from data_tools.writer import (
+    ConversionError,
+    Record,
+    check_replaceable,
+    replace_dataset,
+    stale_note,
+    write_shards,
+)
 from fer_tf import cli, schema
 
 TRAIN = "train"
@@ -182,10 +189,12 @@ def write_derived(
         lineage = {"parent_dir": os.path.abspath(input_dir), "parent_source": parent_info["source"]}
         info = _derived_info(parent_info, written, synthetic["synthetic"], num_shards, {**source, **lineage})
         schema.write_dataset_info(tmp, info)
-        _replace_dir(tmp, output_dir)
+        dropped = replace_dataset(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if note := stale_note(output_dir, dropped):
+        print(note)
     return info
 
 
@@ -218,17 +227,6 @@ def _derived_info(
         skipped=parent_info.get("skipped", {}),
         has_soft_labels=parent_info.get("has_soft_labels", False),
     )
-
-
-def _replace_dir(tmp: str, output_dir: str) -> None:
-    """Renames `tmp` to `output_dir`, moving an old `output_dir` aside first."""
-    if not os.path.exists(output_dir):
-        os.rename(tmp, output_dir)
-        return
-    old = tempfile.mkdtemp(dir=os.path.dirname(output_dir), prefix=f".{os.path.basename(output_dir)}.old-")
-    os.rename(output_dir, os.path.join(old, "data"))
-    os.rename(tmp, output_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def define_flags() -> None:

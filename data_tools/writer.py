@@ -29,6 +29,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import uuid
@@ -177,10 +178,12 @@ def convert(
         # mkdtemp and mkstemp make owner-only files; a dataset is meant to be shared.
         os.chmod(schema.write_dataset_info(work_dir, info), 0o644)
         os.chmod(work_dir, 0o755)
-        _replace_dir(work_dir, output_dir)
+        dropped = replace_dataset(work_dir, output_dir)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+    if note := stale_note(output_dir, dropped):
+        print(note)
     if info["skipped"]:
         total = sum(info["skipped"].values())
         print(
@@ -512,13 +515,50 @@ def _make_sibling_dir(output_dir: str, kind: str) -> str:
     return tempfile.mkdtemp(prefix=f".{name}.{kind}-", dir=parent)
 
 
-def _replace_dir(new_dir: str, output_dir: str) -> None:
-    """Moves `new_dir` to `output_dir`, replacing an old output only after the new one is complete."""
+# What a converter writes into a dataset directory; anything else there was put by a user.
+_OWNED = re.compile(r"^(" + "|".join(schema.SPLITS) + r")-\d{5}-of-\d{5}\.tfrecord$")
+# Reports about the data (data_tools.validate): stale once the data is rewritten.
+STALE_ON_REWRITE = ("validation",)
+
+
+def replace_dataset(new_dir: str, output_dir: str) -> list[str]:
+    """Moves the complete dataset `new_dir` to `output_dir`, replacing an old dataset only at the end.
+
+    Files and folders a user added to the old dataset (a README, notes) are
+    copied into the new one; its `validation/` reports are dropped, since they
+    describe the data being replaced.
+
+    Returns:
+      The names dropped as stale (e.g. ["validation"]), for the caller to report.
+    """
     if not os.path.exists(output_dir):
         os.rename(new_dir, output_dir)
-        return
+        return []
+    dropped = []
+    for name in sorted(os.listdir(output_dir)):
+        if name == schema.INFO_FILE or _OWNED.match(name) or name.startswith("."):
+            continue
+        if name in STALE_ON_REWRITE:
+            dropped.append(name)
+        elif not os.path.exists(os.path.join(new_dir, name)):
+            source, target = os.path.join(output_dir, name), os.path.join(new_dir, name)
+            if os.path.isdir(source) and not os.path.islink(source):
+                shutil.copytree(source, target, symlinks=True)
+            else:
+                shutil.copy2(source, target, follow_symlinks=False)
     parent, name = os.path.split(output_dir)
     old_dir = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
     os.rename(output_dir, old_dir)
     os.rename(new_dir, output_dir)
     shutil.rmtree(old_dir, ignore_errors=True)
+    return dropped
+
+
+def stale_note(output_dir: str, dropped: Sequence[str]) -> str | None:
+    """The line telling the user which reports of a replaced dataset were dropped, if any."""
+    if not dropped:
+        return None
+    return (
+        f"note: dropped {', '.join(f'{name}/' for name in dropped)} of the replaced {output_dir}: "
+        f"it described the old data; rerun python -m data_tools.validate --data={output_dir}"
+    )

@@ -137,9 +137,12 @@ def test_existing_output_is_refused_then_replaced(parent, tmp_path):
     assert os.listdir(output) == ["old.txt"]
     (output / "old.txt").unlink()
     longtail.make_longtail(parent, str(output), imbalance_factor=2, overwrite=True)  # empty: replaceable
-    (output / "validation.txt").write_text("a report beside the shards")
+    (output / "validation").mkdir()  # data_tools.validate's reports: stale once the data changes
+    (output / "validation" / "anomalies.txt").write_text("a report on the old data")
+    (output / "README.md").write_text("the user's notes")  # kept
     longtail.make_longtail(parent, str(output), imbalance_factor=3, overwrite=True)
-    assert "validation.txt" not in os.listdir(output) and schema.INFO_FILE in os.listdir(output)
+    assert "validation" not in os.listdir(output) and schema.INFO_FILE in os.listdir(output)
+    assert (output / "README.md").read_text() == "the user's notes"
     assert schema.read_dataset_info(str(output))["source"]["imbalance_factor"] == 3
     assert sorted(os.listdir(tmp_path)) == ["out"]
 

@@ -144,6 +144,29 @@ def test_rerun_replaces_and_failure_keeps_old_output(tmp_path):
     assert _siblings(out) == ["ds"]
 
 
+def test_rerun_keeps_user_files_and_drops_stale_validation_reports(tmp_path, capsys):
+    out = tmp_path / "ds"
+    writer.convert(_source(_items(n_train=3)), str(out), examples_per_shard=1, progress=False)  # 3 shards
+    (out / "README.md").write_text("where this data came from")
+    (out / "notes").mkdir()
+    (out / "notes" / "labels.txt").write_text("relabelled 3 faces")
+    (out / "validation").mkdir()
+    (out / "validation" / "anomalies.txt").write_text("no anomalies")
+    capsys.readouterr()
+    writer.convert(_source(_items(n_train=3)), str(out), progress=False)  # 1 train shard now
+    assert sorted(os.listdir(out)) == sorted(
+        [
+            "README.md",
+            "notes",
+            schema.INFO_FILE,
+            *(schema.shard_name(s, 0, 1) for s in ("train", "val", "test")),
+        ]
+    )  # the old 3-shard train files are not carried over
+    assert (out / "notes" / "labels.txt").read_text() == "relabelled 3 faces"
+    assert f"note: dropped validation/ of the replaced {out}: " in capsys.readouterr().out
+    assert _siblings(str(out)) == ["ds"]
+
+
 def test_strict_names_the_first_bad_input(tmp_path):
     items = _items() + [("train", "bad_b", 0, 0, "bad"), ("val", "bad_a", 0, 0, "bad")]
     with pytest.raises(ConversionError, match=r"bad_b: marked bad \[bad_value\].*2 bad inputs"):
