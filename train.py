@@ -49,6 +49,12 @@ def define_recipe_flags(epochs: int = 30) -> None:
         False,
         "Embed a narrower --init_weights model (lower --width), computing the same function.",
     )
+    flags.DEFINE_boolean(
+        "init_slim",
+        False,
+        "Slim a FERNet --init_weights model with more expanded channels (higher expansion_scale): "
+        "each block keeps its most important ones (fer_tf.model_tools.slim_weights).",
+    )
     flags.DEFINE_integer("batch_size", 64, "Global batch size.")
     flags.DEFINE_integer("epochs", epochs, "Epochs; one epoch = train examples // batch size steps.")
     flags.DEFINE_integer("steps_per_epoch", 0, "Override the steps of one epoch (0: from the data).")

@@ -3,7 +3,8 @@
 `count_flops` and `summary_line` describe a model (train_lib prints the line,
 benchmarks compare FLOPs); `backbone_and_head` splits off the classifier layer
 `fer_tf.models.HEAD` for classifier re-training (cRT); `load_init_weights`
-initialises a model from another one's weights by layer name (fine-tuning).
+initialises a model from another one's weights by layer name (fine-tuning),
+widening a narrower model or slimming a wider one (`slim_weights`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,80 @@ def _h5_weights_by_name(model: keras.Model, path: str) -> dict[str, list]:
     return weights
 
 
-def load_init_weights(model: keras.Model, path: str, *, widen: bool = False) -> tuple[list[str], list[str]]:
+# The layers of one inverted-residual block share a name prefix (fer_tf.models._inverted_residual).
+_BLOCK = re.compile(r"^(stage\d+_block\d+)_")
+# The layer whose batch norm scales a block's expanded channels just before the projection.
+_HIDDEN_BN = ("_dw_bn", "_fused_bn")
+
+
+def _hidden_importance(source: keras.Model, block: str) -> np.ndarray:
+    """How much each expanded channel of `block` contributes to its output.
+
+    |batch-norm scale| of the channel (network slimming, Liu et al. 2017) times
+    the L2 norm of its row in the projection kernel: a channel that is scaled
+    down or barely projected changes the block's output little when removed.
+    """
+    names = {layer.name for layer in source.layers}
+    bn = next(f"{block}{suffix}" for suffix in _HIDDEN_BN if f"{block}{suffix}" in names)
+    gamma = np.abs(source.get_layer(bn).gamma.numpy())
+    project = source.get_layer(f"{block}_project_conv").kernel.numpy()  # [1, 1, hidden, out]
+    return gamma * np.linalg.norm(project.reshape(project.shape[2], -1), axis=1)
+
+
+def slim_weights(source: keras.Model, model: keras.Model) -> dict[str, list[np.ndarray]]:
+    """Weights for `model` taken from `source`, the same network with more expanded channels.
+
+    For a FERNet built with a lower `expansion_scale`: every inverted-residual
+    block keeps the expanded channels of `source` with the highest
+    `_hidden_importance`, in their original order, and every weight of the
+    block is cut to them (expanding and depthwise convs, their batch norms,
+    squeeze-excite, the projection's inputs). All other layers must match in
+    shape and are copied. The slimmed network computes an approximation of
+    `source` that fine-tuning (`train.py --init_slim`) then repairs.
+
+    Returns:
+      {layer name: weights} for every layer of `model` that has weights.
+
+    Raises:
+      ValueError: when a layer is missing from `source`, or differs in shape
+        outside the expanded channels of a block (e.g. another --width).
+    """
+    out, keep = {}, {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            values = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise ValueError(f"slimming: {source.name} has no layer {layer.name}") from None
+        shapes = [tuple(w.shape) for w in layer.weights]
+        match = _BLOCK.match(layer.name)
+        if [v.shape for v in values] != shapes and match:
+            block = match.group(1)
+            hidden = model.get_layer(f"{block}_project_conv").kernel.shape[2]
+            if block not in keep:
+                order = np.argsort(-_hidden_importance(source, block), kind="stable")
+                keep[block] = np.sort(order[:hidden])
+            full = source.get_layer(f"{block}_project_conv").kernel.shape[2]
+            cut = []
+            for value, shape in zip(values, shapes, strict=True):
+                for axis, (have, want) in enumerate(zip(value.shape, shape, strict=True)):
+                    if have != want and (have, want) == (full, hidden):
+                        value = np.take(value, keep[block], axis=axis)
+                cut.append(value)
+            values = cut
+        if [v.shape for v in values] != shapes:
+            raise ValueError(
+                f"slimming: {layer.name} is {shapes} in the new model, {[v.shape for v in values]} in "
+                f"{source.name}; only the expanded channels of the blocks (expansion_scale) may shrink"
+            )
+        out[layer.name] = values
+    return out
+
+
+def load_init_weights(
+    model: keras.Model, path: str, *, widen: bool = False, slim: bool = False
+) -> tuple[list[str], list[str]]:
     """Initialises `model` from a `.keras` or `.weights.h5` file, layer by layer name.
 
     Layers whose weights are missing from the file or differ in shape (e.g. a
@@ -107,12 +181,14 @@ def load_init_weights(model: keras.Model, path: str, *, widen: bool = False) -> 
     reported. With `widen`, a layer whose file weights fit inside its own (a
     narrower model of the same architecture, e.g. FERNet x1.0 into x1.3) is
     embedded instead, so that the wider model computes the same function
-    (`embed_narrow_weights`).
+    (`embed_narrow_weights`). With `slim`, a FERNet with fewer expanded
+    channels keeps the file's most important ones (`slim_weights`).
 
     Args:
       model: the model to initialise, modified in place.
       path: a `.keras` model (matched by layer name) or `.weights.h5` file.
       widen: embed narrower weights instead of skipping them (`.keras` only).
+      slim: cut wider expanded channels to the most important ones (`.keras` only).
 
     Returns:
       (loaded, skipped): names of the layers with weights that were loaded and
@@ -123,13 +199,19 @@ def load_init_weights(model: keras.Model, path: str, *, widen: bool = False) -> 
         every layer does not reproduce the file's outputs (channels mixed by a
         layer other than Conv2D, SeparableConv2D or Dense, e.g. VGG's Flatten).
     """
-    if widen and not path.endswith(".keras"):
-        raise ValueError(f"--init_widen needs a .keras model to widen, got {path}")
+    if widen and slim:
+        raise ValueError("--init_widen and --init_slim exclude each other")
+    for wanted, option in ((widen, "--init_widen"), (slim, "--init_slim")):
+        if wanted and not path.endswith(".keras"):
+            raise ValueError(f"{option} needs a .keras model, got {path}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"init weights not found: {path}")
     if path.endswith(".keras"):
         source = keras.models.load_model(path, compile=False)
-        weights = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
+        if slim:
+            weights = slim_weights(source, model)
+        else:
+            weights = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
     elif path.endswith(".weights.h5"):
         weights = _h5_weights_by_name(model, path)
     else:

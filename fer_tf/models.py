@@ -247,7 +247,7 @@ def _inverted_residual(x, kind, expansion, filters, strides, se, act, name, reg)
     (EfficientNetV2): one full 3x3 conv expands; it avoids a wide expanded
     tensor at the input resolution, which dominated training time on CPU.
     """
-    inputs, expanded = x, _channels(x.shape[-1] * expansion, 1.0)
+    inputs, expanded = x, _channels(x.shape[-1] * expansion, 1.0)  # expansion may be fractional
     if kind == "fused":
         x = _conv_bn(x, expanded, 3, f"{name}_fused", strides=strides, act=act, reg=reg)
     else:
@@ -276,6 +276,7 @@ def fernet(
     width: float = 1.0,
     depth: float = 1.0,
     last_channels: int = 384,
+    expansion_scale: float = 1.0,
     activation: str = "relu",
     weight_decay: float = 0.0,
 ) -> keras.Model:
@@ -296,6 +297,12 @@ def fernet(
       width: channel multiplier (channels rounded to multiples of 8).
       depth: multiplier of the number of blocks per stage (rounded up).
       last_channels: width of the final 1x1 conv (times `width` when width > 1).
+      expansion_scale: multiplier of every expanding block's expansion ratio
+        (0.5: 4x blocks expand 2x). Nearly all MACs are in the expanded
+        channels, so it scales latency while the blocks' inputs and outputs,
+        and so the residual paths, keep their width: a trained network can be
+        slimmed to it by keeping its most important expanded channels
+        (`model_tools.slim_weights`).
       activation: of the squeeze-excite stages and the last conv, e.g. "relu",
         "hard_silu".
       weight_decay: L2 kernel penalty; 0 leaves decay to the optimizer.
@@ -303,8 +310,12 @@ def fernet(
     reg = _l2(weight_decay)
     inputs, x = _input(input_shape)
     x = _conv_bn(x, _channels(16, width), 3, "stem", reg=reg)
+    if expansion_scale <= 0:
+        raise ValueError(f"expansion_scale must be > 0, got {expansion_scale}")
     for stage, (kind, expansion, filters, repeats, strides, se) in enumerate(FERNET_STAGES, start=1):
         act = activation if se else "relu"
+        # A 1x block has no expanding conv: its depthwise conv works on the block's input.
+        expansion = expansion * expansion_scale if expansion != 1 else expansion
         for block in range(math.ceil(repeats * depth)):
             name, stride = f"stage{stage}_block{block + 1}", strides if block == 0 else 1
             x = _inverted_residual(x, kind, expansion, _channels(filters, width), stride, se, act, name, reg)

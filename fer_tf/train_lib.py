@@ -40,6 +40,7 @@ class TrainConfig:
     channels: int = 1
     init_weights: str = ""
     init_widen: bool = False  # embed a narrower init_weights model (model_tools.embed_narrow_weights)
+    init_slim: bool = False  # keep the top expanded channels of a wider one (model_tools.slim_weights)
     crt_from: str = ""  # cRT: re-fit only the head of this finished run
     # input
     batch_size: int = 64
@@ -281,7 +282,9 @@ def _build_model(config: TrainConfig, num_classes: int) -> keras.Model:
         return model
     model = models.build_model(config.model, num_classes, input_shape, **dict(config.model_kwargs))
     if config.init_weights:
-        loaded, skipped = model_tools.load_init_weights(model, config.init_weights, widen=config.init_widen)
+        loaded, skipped = model_tools.load_init_weights(
+            model, config.init_weights, widen=config.init_widen, slim=config.init_slim
+        )
         print(f"init_weights: loaded {len(loaded)} layers, skipped {len(skipped)}: {skipped}")
     return model
 

@@ -174,6 +174,68 @@ def test_widen_refuses_what_it_cannot_preserve(tmp_path):
         )
 
 
+def test_expansion_scale_shrinks_only_the_expanded_channels():
+    full = models.build_model("fernet", 7, width=0.5)
+    slim = models.build_model("fernet", 7, width=0.5, expansion_scale=0.5)
+    assert model_tools.count_flops(slim) < 0.65 * model_tools.count_flops(full)
+    for layer in full.layers:
+        if layer.name.endswith("_project_conv"):  # block outputs, and so residual paths, keep their width
+            assert slim.get_layer(layer.name).kernel.shape[3] == layer.kernel.shape[3]
+    # Its input has 16 channels (24 x 0.5), expanded 4x, or 2x when slim.
+    assert full.get_layer("stage4_block1_project_conv").kernel.shape[2] == 64
+    assert slim.get_layer("stage4_block1_project_conv").kernel.shape[2] == 32
+    with pytest.raises(ValueError, match="expansion_scale must be > 0"):
+        models.build_model("fernet", 7, expansion_scale=0)
+
+
+def test_slimming_keeps_the_important_channels_and_is_exact_when_the_rest_are_dead(tmp_path):
+    """Channels whose last batch norm outputs zero contribute nothing: removing them is exact."""
+    source = _randomised(models.build_model("fernet", 7, width=0.5), seed=6)
+    target = models.build_model("fernet", 7, width=0.5, expansion_scale=0.5)
+    rng = np.random.default_rng(7)
+    dead = {}
+    for layer in target.layers:
+        if layer.name.endswith("_project_conv"):
+            block = layer.name[: -len("_project_conv")]
+            names = [f"{block}_dw_bn", f"{block}_fused_bn"]
+            bn = next(source.get_layer(n) for n in names if n in {x.name for x in source.layers})
+            full, kept = bn.gamma.shape[0], layer.kernel.shape[2]
+            if kept < full:
+                dead[block] = np.sort(rng.choice(full, full - kept, replace=False))
+                bn.gamma.assign(np.where(np.isin(np.arange(full), dead[block]), 0.0, bn.gamma.numpy()))
+                bn.beta.assign(np.where(np.isin(np.arange(full), dead[block]), 0.0, bn.beta.numpy()))
+    assert len(dead) >= 8  # every expanding block shrinks
+    path = str(tmp_path / "wide.keras")
+    source.save(path)
+
+    loaded, skipped = model_tools.load_init_weights(target, path, slim=True)
+
+    assert skipped == [] and loaded == [layer.name for layer in target.layers if layer.weights]
+    block = "stage4_block2"
+    alive = np.setdiff1d(np.arange(source.get_layer(f"{block}_dw").weights[0].shape[2]), dead[block])
+    np.testing.assert_array_equal(
+        target.get_layer(f"{block}_dw").weights[0].numpy(),
+        source.get_layer(f"{block}_dw").weights[0].numpy()[:, :, alive, :],
+    )
+    images = np.random.default_rng(8).random((4, 48, 48, 1), dtype=np.float32)
+    want = source(images, training=False).numpy()
+    np.testing.assert_allclose(target(images, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+    assert np.abs(want).max() > 1e-2
+
+
+def test_slimming_refuses_other_widths_and_weights_files(tmp_path):
+    path = str(tmp_path / "wide.keras")
+    models.build_model("fernet", 7, width=0.75).save(path)
+    with pytest.raises(ValueError, match="stem_conv is .* only the expanded channels"):
+        model_tools.load_init_weights(models.build_model("fernet", 7, width=0.5), path, slim=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        model_tools.load_init_weights(models.build_model("fernet", 7), path, slim=True, widen=True)
+    with pytest.raises(ValueError, match="--init_slim needs a .keras model"):
+        model_tools.load_init_weights(
+            models.build_model("fernet", 7), str(tmp_path / "w.weights.h5"), slim=True
+        )
+
+
 def test_widen_skips_a_head_for_other_classes(tmp_path):
     path = str(tmp_path / "narrow.keras")
     models.build_model("fernet", 6, width=0.5).save(path)

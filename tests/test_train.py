@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import callbacks, cli, optim, schema, train_lib
+from fer_tf import callbacks, cli, models, optim, schema, train_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -335,6 +335,21 @@ def test_a_model_that_cannot_be_widened_is_a_one_line_error(synthetic_data_dir, 
         "--init_widen",
     )
     assert last.startswith("error: --init_widen needs a .keras model")
+
+
+def test_a_model_that_cannot_be_slimmed_is_a_one_line_error(synthetic_data_dir, tmp_path):
+    models.build_model("fernet", 7, width=0.75).save(tmp_path / "other_width.keras")
+    last = _train_error(
+        "--name=slim",
+        f"--runs_dir={tmp_path}",
+        f"--data_dir={synthetic_data_dir}",
+        "--model=fernet",
+        "--width=0.5",
+        "--model_kw=expansion_scale=0.5",
+        f"--init_weights={tmp_path / 'other_width.keras'}",
+        "--init_slim",
+    )
+    assert last.startswith("error: slimming: stem_conv is") and "only the expanded channels" in last
 
 
 def test_train_py_converts_missing_tfrecords_from_the_raw_csv(tmp_path):
