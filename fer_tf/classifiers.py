@@ -131,7 +131,15 @@ def read_class_names(model_dir: str | os.PathLike) -> list[str] | None:
 
 def _read_metadata(model_dir) -> dict[str, Any]:
     path = Path(model_dir) / "metadata.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); export the model again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds no JSON object; export the model again")
+    return meta
 
 
 def _as_distribution(values: np.ndarray) -> np.ndarray:
@@ -228,7 +236,12 @@ class SavedModelClassifier:
         root = Path(export_dir)
         saved = root / "saved_model" if (root / "saved_model").is_dir() else root
         self._tf = tf
-        self._loaded = tf.saved_model.load(str(saved))  # keeps the variables alive
+        try:
+            self._loaded = tf.saved_model.load(str(saved))  # keeps the variables alive
+        except OSError as e:  # a truncated saved_model.pb: "Cannot parse file ..."
+            raise ValueError(
+                f"{saved} is corrupt or truncated ({str(e).splitlines()[0]}); export again"
+            ) from None
         self._fn = self._loaded.signatures["serving_default"]
         self.path, self.runtime = saved, "TensorFlow SavedModel"
         self.input_size, self.channels = _input_spec(root)

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from fer_tf import cli, data, export_lib, models, runs
+from fer_tf import cli, data, export_lib, models, runs, schema
 
 # Largest |probability| difference between the export and the rebuilt model.
 CHECK_TOLERANCE = 1e-4
@@ -50,7 +50,13 @@ def model_from_export(export_dir: str) -> keras.Model:
         found in the SavedModel, or the rebuilt model disagrees with the export.
     """
     meta = _read_metadata(export_dir)
-    loaded = tf.saved_model.load(os.path.join(export_dir, export_lib.SAVED_MODEL_DIR))
+    saved = os.path.join(export_dir, export_lib.SAVED_MODEL_DIR)
+    try:
+        loaded = tf.saved_model.load(saved)
+    except OSError as e:  # a truncated saved_model.pb: "Cannot parse file ..."
+        raise ValueError(
+            f"{saved} is corrupt or truncated ({str(e).splitlines()[0]}); export again"
+        ) from None
     lite = loaded.signatures["lite"]
     model = _build(meta)
     stored = {v.name.split(":")[0]: v.numpy() for v in lite.variables}
@@ -68,8 +74,7 @@ def _read_metadata(export_dir: str) -> dict[str, Any]:
     path = os.path.join(export_dir, export_lib.METADATA_FILE)
     if not os.path.exists(path) or not os.path.isdir(os.path.join(export_dir, export_lib.SAVED_MODEL_DIR)):
         raise FileNotFoundError(f"no export at {export_dir}: expected metadata.json and saved_model/")
-    with open(path) as f:
-        return json.load(f)
+    return schema.read_json_object(path, "export the run again")
 
 
 def _model_name(meta: Mapping[str, Any]) -> str | None:
@@ -128,12 +133,14 @@ def _check(model: keras.Model, lite: Any, meta: Mapping[str, Any]) -> None:
     """Raises ValueError unless `model` reproduces the export's `lite` probabilities."""
     prep = meta["preprocessing"]
     size, channels, net = meta["input_size"], meta["channels"], model.input_shape[1]
+    tau = float(prep.get("logit_adjust_tau") or 0.0)
     counts = {
         "class_names": meta["class_names"],
-        "train_class_counts": meta["source_dataset"]["train_class_counts"],
+        "train_class_counts": (meta.get("source_dataset") or {}).get("train_class_counts"),
     }
-    log_prior = runs.train_log_prior(counts, None).astype(np.float32)
-    tau = float(prep.get("logit_adjust_tau") or 0.0)
+    log_prior = (
+        runs.train_log_prior(counts, None) if tau else np.zeros(len(counts["class_names"]), np.float32)
+    )
     rng = np.random.default_rng(0)
     # Smooth random faces: a low-resolution grid upscaled, so the check sees structure, not noise only.
     coarse = rng.uniform(0, 255, (CHECK_FACES, 6, 6, channels)).astype(np.float32)
@@ -155,9 +162,20 @@ def _check(model: keras.Model, lite: Any, meta: Mapping[str, Any]) -> None:
 
 def write_model(export_dir: str, output: str) -> str:
     """Rebuilds the export's model and saves it as `output` (a .keras file, or `<dir>/model.keras`
-    with the run files of `write_run_files`)."""
-    model = model_from_export(export_dir)
+    with the run files of `write_run_files`).
+
+    A run directory that lost its model gets it back, its own run files kept.
+
+    Raises:
+      FileExistsError: `output` is a model already, a folder holding one, or a
+        run still training (backup/); nothing is replaced.
+    """
     path = output if output.endswith(".keras") else os.path.join(output, "model.keras")
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} exists; recover into a new --output, nothing is replaced")
+    if not output.endswith(".keras") and os.path.isdir(os.path.join(output, "backup")):
+        raise FileExistsError(f"{output} is a run still training (it has backup/); recover elsewhere")
+    model = model_from_export(export_dir)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     model.save(path)
     if not output.endswith(".keras"):
@@ -204,7 +222,7 @@ def main(argv) -> None:
     del argv
     try:
         path = write_model(flags.FLAGS.export, flags.FLAGS.output)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         cli.fail(str(e))
     print(f"wrote {path}")
 

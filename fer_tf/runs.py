@@ -8,7 +8,6 @@ training class priors used for post-hoc logit adjustment.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -60,8 +59,7 @@ def read_run_info(run_dir: str) -> dict[str, Any]:
     path = os.path.join(run_dir, "run_info.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
-    with open(path) as f:
-        info = json.load(f)
+    info = schema.read_json_object(path, "train the run again or recover it from its export")
     missing = [k for k in ("data_dir", "class_names", "image_size", "channels") if k not in info]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}")

@@ -202,23 +202,40 @@ def write_dataset_info(data_dir: str, info: Mapping[str, Any]) -> str:
     return path
 
 
+def read_json_object(path: str, remedy: str) -> dict[str, Any]:
+    """Reads a JSON object the toolkit wrote (dataset_info, run_info, metadata, ...).
+
+    Raises:
+      ValueError: one line naming `path` and `remedy` (e.g. "convert the data
+        again") when the file is truncated, not JSON, or not a JSON object.
+    """
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); {remedy}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds no JSON object; {remedy}")
+    return value
+
+
 def read_dataset_info(data_dir: str) -> dict[str, Any]:
     """Reads `dataset_info.json`; the pipeline trusts its counts and never re-counts.
 
     Raises:
       FileNotFoundError: with a one-line message when the file is missing.
-      ValueError: when it is not a JSON object, or its schema version is newer than this code.
+      ValueError: when it is not a JSON object, lacks a key every dataset has,
+        or its schema version is newer than this code.
     """
     path = os.path.join(data_dir, INFO_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: convert the data first (see data_tools/)")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); convert the data again") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{path} holds no JSON object; convert the data again")
+    info = read_json_object(path, "convert the data again")
+    missing = [
+        key for key in ("class_names", "image_shape", "splits") if not isinstance(info.get(key), (list, dict))
+    ]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}; convert the data again")
     if info.get("schema_version", 0) > SCHEMA_VERSION:
         raise ValueError(f"{path}: schema_version {info['schema_version']} is newer than {SCHEMA_VERSION}")
     return info

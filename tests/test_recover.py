@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -65,7 +66,14 @@ def test_recovered_directory_is_a_run(fernet_export, tmp_path):
     assert (flags["width"], flags["dropout"], flags["model_kw"]) == ("0.25", "0.1", "depth=0.5")
     with open(os.path.join(run_dir, "metrics.json")) as f:  # the run's own, so a re-export keeps them
         assert json.load(f) == meta["validation_metrics"]["run"] and meta["validation_metrics"]["run"]
-    # An existing run's files are kept; a .keras output writes no run files.
+    # A model is never replaced, nor a run still training given one.
+    with pytest.raises(FileExistsError, match="model.keras exists"):
+        recover.write_model(out, run_dir)
+    os.makedirs(tmp_path / "training" / "backup")
+    with pytest.raises(FileExistsError, match="still training"):
+        recover.write_model(out, str(tmp_path / "training"))
+    # A run that lost its model gets it back, its own files kept; a .keras output writes no run files.
+    os.remove(os.path.join(run_dir, "model.keras"))
     with open(os.path.join(run_dir, "run_info.json"), "w") as f:
         f.write('{"kept": true}')
     recover.write_model(out, run_dir)
@@ -96,6 +104,25 @@ def test_cli_writes_the_model_and_fails_in_one_line(fernet_export, tmp_path):
     proc = run_script("-m", "fer_tf.recover", f"--export={tmp_path / 'none'}", f"--output={tmp_path / 'x'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no export at")
+    proc = run_script("-m", "fer_tf.recover", f"--export={out}", f"--output={tmp_path / 'm.keras'}")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("nothing is replaced")
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "metadata.json").write_text('{"class_names": ["a",')  # truncated
+    proc = run_script("-m", "fer_tf.recover", f"--export={broken}", f"--output={tmp_path / 'b.keras'}")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {broken / 'metadata.json'} is not valid JSON")
+    )
+    shutil.copy(os.path.join(out, "metadata.json"), broken / "metadata.json")
+    pb = broken / export_lib.SAVED_MODEL_DIR / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[:1000])
+    proc = run_script("-m", "fer_tf.recover", f"--export={broken}", f"--output={tmp_path / 'b.keras'}")
+    assert (
+        proc.returncode == 2 and "saved_model is corrupt or truncated" in proc.stderr.strip().splitlines()[-1]
+    )
 
 
 def test_export_of_an_unregistered_model_is_refused(tmp_path):
