@@ -46,7 +46,9 @@ _CHECKPOINT = flags.DEFINE_enum(
     "Weights of each run: best (model.keras, its best validation epoch) or last (its final epoch, "
     "checkpoints/last.keras, which runs trained by train.py keep).",
 )
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of scoring and re-estimation.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 128, "Batch size of scoring and re-estimation.", lower_bound=1
+)
 
 
 def main(argv: list[str]) -> None:
@@ -66,6 +68,11 @@ def main(argv: list[str]) -> None:
         fail(f"--bn_batches={_BN_BATCHES.value}: expected 0 or more", 2)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
     from fer_tf import soup
+
+    try:
+        soup.check_output(_OUTPUT.value)  # before averaging, not after
+    except FileExistsError as err:
+        fail(str(err), 2)
 
     try:
         soup.make_soup(

@@ -147,6 +147,18 @@ def _check_runs(run_dirs: Sequence[str]) -> list[dict[str, Any]]:
     return infos
 
 
+def check_output(output_dir: str) -> None:
+    """Raises FileExistsError unless `output_dir` is absent or an empty folder.
+
+    A soup writes a whole run (model.keras, run_info.json, flags.txt, ...): into
+    a run still training it would overwrite the files it resumes from.
+    """
+    if os.path.isfile(output_dir):
+        raise FileExistsError(f"--output={output_dir} is a file; a soup is a run directory")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FileExistsError(f"--output={output_dir} is not empty; a soup needs a new run directory")
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -189,7 +201,7 @@ def make_soup(
     Raises:
       ValueError: on an unknown recipe or monitor, fewer than two runs, or runs
         that differ in architecture or dataset.
-      FileExistsError: when `output_dir` already holds a model.
+      FileExistsError: when `output_dir` is a file or a folder that is not empty.
       FileNotFoundError: when a run or its model file is missing.
     """
     if recipe not in RECIPES:
@@ -200,11 +212,16 @@ def make_soup(
         raise ValueError(f"checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINTS)}")
     if len(run_dirs) < 2:
         raise ValueError(f"a soup needs at least two runs, got {len(run_dirs)}")
-    if os.path.exists(os.path.join(output_dir, "model.keras")):
-        raise FileExistsError(f"{output_dir} already holds a model.keras; choose another output")
+    check_output(output_dir)
     start_wall, start_cpu = time.time(), time.process_time()
     entries = list(run_dirs)
     run_dirs, files = zip(*(split_ingredient(entry, checkpoint) for entry in entries), strict=True)
+    seen = set()
+    for entry, run_dir, filename in zip(entries, run_dirs, files, strict=True):
+        key = os.path.realpath(os.path.join(run_dir, filename))
+        if key in seen:  # one model twice would weigh double in the average
+            raise ValueError(f"{entry} is in the soup twice")
+        seen.add(key)
     infos = _check_runs(run_dirs)
     info0 = infos[0]
     data_dir = runs.resolve_data_dir(info0["data_dir"], run_dirs[0], "soup")

@@ -151,7 +151,26 @@ def test_soup_cli_output_exports_like_a_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert os.path.exists(tmp_path / "export" / "model_float32.tflite")
     again = run_script("soup.py", f"--runs={first},{second}", f"--output={out}")
-    assert again.returncode == 2 and "already holds" in again.stderr
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_soup_refuses_a_run_in_progress_a_file_and_a_repeated_run(tmp_path):
+    first, _, _ = _two_runs(str(tmp_path))
+    second = os.path.join(os.path.dirname(first), "second")
+    shutil.copytree(first, second)
+    training = tmp_path / "training"  # a run mid-training: run files and a backup, no model.keras yet
+    (training / "backup").mkdir(parents=True)
+    (training / "flags.txt").write_text("--epochs=30\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for output, message in ((training, "is not empty"), (notes, "is a file")):
+        proc = run_script("soup.py", f"--runs={first},{second}", f"--output={output}")
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+            f"--output={output} {message}; a soup {'needs a new run directory' if 'empty' in message else 'is a run directory'}"
+        )
+    assert sorted(os.listdir(training)) == ["backup", "flags.txt"] and notes.read_text() == "mine"
+    with pytest.raises(ValueError, match="is in the soup twice"):
+        soup.make_soup([first, second, first + os.sep], str(tmp_path / "x"))
 
 
 def test_soup_cli_errors(tmp_path):
