@@ -126,14 +126,35 @@ def load_data(data: str, predictor):
     return images[kept], y_true, excluded, [index.get(majority[i], -1) for i in kept]
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Fails unless `output_dir` can take an evaluation without replacing anything else's files.
+
+    Its metrics.json would replace a training run's own (the validation metrics
+    export.py records), so a run directory, or a metrics.json that no
+    evaluation wrote, is refused; a previous evaluation is replaced.
+    """
+    cli.check_output_path("output_dir", output_dir)
+    if os.path.exists(os.path.join(output_dir, "run_info.json")):
+        fail(f"--output_dir={output_dir} is a training run; its metrics.json would be replaced")
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        try:
+            with open(metrics_path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = None
+        if not (isinstance(previous, dict) and {"model", "data"} <= set(previous)):
+            fail(f"--output_dir={output_dir} holds a metrics.json that evaluate.py did not write")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments: {' '.join(argv[1:])}")
     model = _MODEL.value or str(default_model_path())
     if not _DATA.value:
         fail("--data is required")
-    if _OUTPUT_DIR.value and os.path.exists(_OUTPUT_DIR.value) and not os.path.isdir(_OUTPUT_DIR.value):
-        fail(f"--output_dir={_OUTPUT_DIR.value} is a file")  # checked before the evaluation, not after
+    if _OUTPUT_DIR.value:  # checked before the evaluation, not after
+        check_output_dir(_OUTPUT_DIR.value)
     paths = [("model", model), ("data", _DATA.value)]
     if _FERPLUS_LABELS.value:
         if not os.path.isfile(_DATA.value):
@@ -142,6 +163,8 @@ def main(argv: list[str]) -> None:
     for name, value in paths:
         if not os.path.exists(value):
             fail(f"--{name} {value} not found")
+    if _FERPLUS_LABELS.value and not os.path.isfile(_FERPLUS_LABELS.value):
+        fail(f"--ferplus_labels={_FERPLUS_LABELS.value} is a folder; expected FER+'s fer2013new.csv")
     input_range, labels = parse_input_range(_INPUT_RANGE.value), parse_labels(_LABELS.value)
     # Imported after the argument checks: a typo fails at once, without TensorFlow's start-up.
     from fer_tf import metrics

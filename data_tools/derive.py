@@ -60,6 +60,24 @@ def split_files(data_dir: str, split: str, expected: int | None = None) -> list[
     return files
 
 
+# What reading a truncated or garbled TFRecord shard raises.
+CORRUPT_SHARD = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
+
+
+def corrupt_shard(data_dir: str, split: str, error: Exception) -> ValueError:
+    """The one-line error for a shard of `split` that TensorFlow could not read."""
+    message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", str(error).strip().splitlines()[0])  # TF's op wrapping
+    return ValueError(f"{data_dir}: corrupt {split} shard ({message}); convert the dataset again")
+
+
+def check_record_count(data_dir: str, split: str, entry: Mapping[str, Any], found: int) -> None:
+    """Raises ValueError unless `found` records match the split's dataset_info entry."""
+    if "num_examples" in entry and found != entry["num_examples"]:
+        raise ValueError(
+            f"{data_dir}: dataset_info says {entry['num_examples']} {split} records, found {found}"
+        )
+
+
 def read_split(data_dir: str, split: str, info: Mapping[str, Any] | None = None) -> SplitArrays:
     """Decodes every record of `split` into numpy arrays.
 
@@ -89,16 +107,9 @@ def read_split(data_dir: str, split: str, info: Mapping[str, Any] | None = None)
         for batch in ds.batch(4096).prefetch(1):
             for key, value in batch.items():
                 parts[key].append(value.numpy())
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*", "", str(e).strip().splitlines()[0])  # TF's op wrapping
-        raise ValueError(
-            f"{data_dir}: corrupt {split} shard ({message}); convert the dataset again"
-        ) from None
-    found = sum(len(p) for p in parts["label"])
-    if "num_examples" in entry and found != entry["num_examples"]:
-        raise ValueError(
-            f"{data_dir}: dataset_info says {entry['num_examples']} {split} records, found {found}"
-        )
+    except CORRUPT_SHARD as e:
+        raise corrupt_shard(data_dir, split, e) from None
+    check_record_count(data_dir, split, entry, sum(len(p) for p in parts["label"]))
 
     def cat(key: str, empty: np.ndarray) -> np.ndarray:
         return np.concatenate(parts[key]) if parts[key] else empty

@@ -151,6 +151,7 @@ def read_tfrecords(
     data_dir: str, split: str | None, image_size: int, channels: int
 ) -> tuple[np.ndarray, list[str]]:
     """A converted dataset's split (default val, else test) -> uint8 model-size images, class names."""
+    from data_tools import derive
     from fer_tf import data, schema
 
     info = schema.read_dataset_info(data_dir)
@@ -159,7 +160,13 @@ def read_tfrecords(
     name = folders.SPLIT_ALIASES.get(split.lower(), split) if split else default
     if name not in available:
         raise ValueError(f"{data_dir} has no split {split or 'val/test'} (has: {', '.join(available)})")
-    images, labels = data.eval_arrays(data_dir, info, name, image_size=image_size, channels=channels)
+    entry = info["splits"][name]
+    derive.split_files(data_dir, name, entry.get("num_shards"))  # missing shards: one line
+    try:
+        images, labels = data.eval_arrays(data_dir, info, name, image_size=image_size, channels=channels)
+    except derive.CORRUPT_SHARD as e:
+        raise derive.corrupt_shard(data_dir, name, e) from None
+    derive.check_record_count(data_dir, name, entry, len(labels))
     return images, [info["class_names"][k] for k in labels]
 
 

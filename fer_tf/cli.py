@@ -78,6 +78,19 @@ def _exit_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def check_output_path(flag: str, path: str, *, folder: bool = True) -> None:
+    """Fails in one line when `path` cannot be created: it or a folder above it is a file.
+
+    Called before the work, so a typo costs nothing (makedirs would fail only
+    when the results are written). With `folder`, `path` itself must not be a file.
+    """
+    here = os.path.abspath(path) if folder else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        fail(f"--{flag}={path}: {here} is a file, not a folder")
+
+
 def is_within(path: str, folder: str) -> bool:
     """True when `path` is `folder` or lies inside it, symlinks resolved: writing there could overwrite it."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)

@@ -5,9 +5,11 @@ TensorFlow's start-up; in parallel they share it) and checked one per test
 against a direct computation with `predict.load_exported`.
 """
 
+import glob
 import gzip
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -128,6 +130,16 @@ def setup(tmp_path_factory):
     private = fer2013_rows(rng, 16, "PrivateTest", mislabel_every=3)
     write_csv(os.path.join(root, "private.csv"), private[0])
     folder = write_folder(os.path.join(root, "faces"), rng)
+    # Broken copies of the converted dataset: a val shard cut in half, and no val shard at all.
+    shutil.copytree(os.path.join(root, "data"), os.path.join(root, "data_cut"))
+    (shard,) = glob.glob(os.path.join(root, "data_cut", "val-*.tfrecord"))
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2 + 7)  # inside a record
+    shutil.copytree(os.path.join(root, "data"), os.path.join(root, "data_noval"))
+    os.remove(glob.glob(os.path.join(root, "data_noval", "val-*.tfrecord"))[0])
+    os.makedirs(os.path.join(root, "foreign"))
+    with open(os.path.join(root, "foreign", "metrics.json"), "w") as f:
+        f.write('{"accuracy": 0.9}')
     commands = {
         "csv": [f"--model={export}", f"--data={root}/fer.csv.gz", "--split=PublicTest"],
         "csv_val": [f"--model={export}", f"--data={root}/fer.csv.gz", "--split=val"],
@@ -139,10 +151,16 @@ def setup(tmp_path_factory):
                     f"--ferplus_labels={root}/fer2013new.csv"],
         "ferplus_short": [f"--model={export}", f"--data={root}/fer.csv.gz", f"--ferplus_labels={root}/short.csv"],
         "ferplus_folder": [f"--model={export}", f"--data={root}/faces", f"--ferplus_labels={root}/fer2013new.csv"],
+        "ferplus_dir": [f"--model={export}", f"--data={root}/fer.csv.gz", f"--ferplus_labels={root}/faces"],
+        "corrupt_shard": [f"--model={export}", f"--data={root}/data_cut"],
+        "missing_shard": [f"--model={export}", f"--data={root}/data_noval"],
+        "into_run": [f"--model={export}", f"--data={root}/data", f"--output_dir={run_dir}"],
+        "under_file": [f"--model={export}", f"--data={root}/data", f"--output_dir={root}/faces/notes.txt/eval"],
+        "foreign": [f"--model={export}", f"--data={root}/data", f"--output_dir={root}/foreign"],
     }  # fmt: skip
     results = run_scripts_in_parallel("evaluate.py", commands)
     return {"root": root, "export": export, "arrays": arrays, "mixed": mixed, "private": private,
-            "folder": folder, "ferplus_plan": plan, "results": results}  # fmt: skip
+            "folder": folder, "ferplus_plan": plan, "results": results, "run_dir": run_dir}  # fmt: skip
 
 
 def parsed(setup, name):
@@ -251,6 +269,29 @@ def test_ferplus_labels_split_scores_by_agreement(setup):
     ],
 )
 def test_ferplus_labels_bad_input_is_a_one_line_error(setup, name, message):
+    check_one_line_error(setup, name, message)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("ferplus_dir", "/faces is a folder; expected FER+'s fer2013new.csv"),
+        ("corrupt_shard", "; convert the dataset again"),
+        ("missing_shard", "dataset_info says 1 val shards, found 0"),
+        ("into_run", "runs/tiny is a training run; its metrics.json would be replaced"),
+        ("under_file", "/faces/notes.txt is a file, not a folder"),
+        ("foreign", "/foreign holds a metrics.json that evaluate.py did not write"),
+    ],
+)
+def test_bad_data_and_outputs_are_one_line_errors_that_write_nothing(setup, name, message):
+    check_one_line_error(setup, name, message)
+    with open(os.path.join(setup["run_dir"], "metrics.json")) as f:
+        assert json.load(f) == {"n": 42, "accuracy": 1.0}  # the run's own metrics, untouched
+    with open(os.path.join(setup["root"], "foreign", "metrics.json")) as f:
+        assert f.read() == '{"accuracy": 0.9}'
+
+
+def check_one_line_error(setup, name, message):
     code, stdout, stderr = setup["results"][name]
     assert code == 2 and stdout == ""
     lines = stderr.strip().splitlines()
@@ -265,4 +306,5 @@ def test_an_output_dir_that_is_a_file_is_refused_before_evaluating(tmp_path):
     )
     code, stdout, stderr = results["file"]
     assert code == 2 and stdout == ""
-    assert stderr.strip().splitlines() == [f"error: --output_dir={tmp_path / 'report'} is a file"]
+    report = tmp_path / "report"
+    assert stderr.strip().splitlines() == [f"error: --output_dir={report}: {report} is a file, not a folder"]
