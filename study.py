@@ -2,14 +2,17 @@
 
 Every (dataset, method, seed) cell is one training run under
 <study_dir>/runs/<dataset>/<method>/seed<k>; re-running the same command
-skips finished cells and resumes an interrupted one. Results: results.csv,
-summary.md (mean ± std over seeds) and plots/ in --study_dir.
+skips finished cells and resumes an interrupted one; a sitting with other
+recipe flags (recorded in recipe.json) is refused, so one summary never mixes
+two recipes. Results: results.csv, summary.md (mean ± std over seeds) and
+plots/ in --study_dir.
 
 Repeated runs of one training recipe: give train.py's flagfile and a number of
 seeds, e.g. `python study.py --flagfile=fer2013.flags --seeds=10`. Its --name and
 --data_dir become the study's one dataset and <runs_dir>/<name>_seeds.
 """
 
+import json
 import math
 import os
 import sys
@@ -24,7 +27,7 @@ flags.DEFINE_string("study_dir", None, "Output directory of the study (default: 
 flags.DEFINE_list("methods", ["crossentropy"], "Method names (fer_tf.study.METHODS).")
 flags.DEFINE_list("datasets", None, "name=path pairs of converted datasets; the first is the reference.")
 flags.DEFINE_list("imbalance_factors", [], "Also study long-tail versions of the first dataset at these IFs.")
-flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).")
+flags.DEFINE_integer("seeds", 3, "Seeds per cell (0..seeds-1).", lower_bound=1)
 flags.DEFINE_enum("eval_split", "test", ["test", "val"], "Split scored (val when a dataset has no test).")
 flags.DEFINE_boolean("cross_dataset", False, "Also score each method's models on every dataset.")
 flags.DEFINE_boolean("report_only", False, "Train nothing: tables and plots of the cells finished so far.")
@@ -52,8 +55,10 @@ def parse_datasets(items: list[str] | None) -> dict[str, str]:
     datasets = {}
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep or not name or not path:
+        if not sep or not name.strip() or not path.strip():
             cli.fail(f"--datasets item {item!r}: expected name=path")
+        if name.strip() in datasets:
+            cli.fail(f"--datasets names {name.strip()!r} twice")
         datasets[name.strip()] = path.strip()
     return datasets
 
@@ -92,12 +97,44 @@ def make_smote(parent_dir: str, output_dir: str) -> None:
     smote.apply_smote(parent_dir, output_dir, smote.parse_targets(F.smote_targets), seed=0, overwrite=True)
 
 
+RECIPE_FILE = "recipe.json"
+
+
+def check_same_recipe(study_dir: str, recipe: dict, *, write: bool) -> None:
+    """Fails when `study_dir` was run with another base recipe, else records it.
+
+    A study resumes by reusing finished cells: a later sitting with other
+    recipe flags (--epochs, --lr, ...) would mix two recipes under one summary.
+    Methods, seeds and datasets may change between sittings; the recipe may not.
+    """
+    path = os.path.join(study_dir, RECIPE_FILE)
+    recipe = json.loads(json.dumps(recipe, sort_keys=True))  # tuples -> lists, as stored
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                previous = json.load(f)
+            except ValueError:
+                cli.fail(f"{path} is not valid JSON; delete it to record this sitting's recipe")
+        changed = sorted(k for k in set(previous) | set(recipe) if previous.get(k) != recipe.get(k))
+        if changed:
+            details = ", ".join(f"{k} {previous.get(k)!r} -> {recipe.get(k)!r}" for k in changed)
+            cli.fail(
+                f"--study_dir={study_dir} was run with another recipe ({details}): "
+                "its finished cells would mix recipes; use a new --study_dir"
+            )
+    elif write:
+        os.makedirs(study_dir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(recipe, f, indent=2, sort_keys=True)
+
+
 def main(argv):
     del argv
     if not F.study_dir:
         if not F.name:
             cli.fail("give --study_dir (or a train.py flagfile with --name)")
         F.study_dir = os.path.join(F.runs_dir, f"{F.name}_seeds")
+    cli.check_output_path("study_dir", F.study_dir)
     datasets = prepare_datasets(parse_datasets(F.datasets))
     import tensorflow as tf
 
@@ -114,6 +151,7 @@ def main(argv):
         F.study_dir, base, tuple(F.methods), datasets, tuple(range(F.seeds)), F.eval_split
     )
     os.makedirs(F.study_dir, exist_ok=True)
+    check_same_recipe(F.study_dir, base, write=not F.report_only)
     if not F.report_only:
         with open(os.path.join(F.study_dir, "flags.txt"), "w") as f:
             own = F.get_key_flags_for_module(sys.modules[__name__])

@@ -117,6 +117,18 @@ def test_rerun_skips_finished_cells(finished_study, synthetic_data_dir):
     assert "val accuracy" not in proc.stdout  # train_lib printed nothing: no cell trained
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in watched} == before
     assert (finished_study / "results.csv").read_text() == results
+    # Another recipe would be reported under this study's summary, beside cells of the first one.
+    proc = subprocess.run(
+        _study_cmd(finished_study, synthetic_data_dir, "--epochs=3", "--lr=0.1"),
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"error: --study_dir={finished_study} was run with another recipe (epochs 1 -> 3, "
+    )
+    assert "learning_rate" in last and last.endswith("use a new --study_dir")
+    assert (finished_study / "results.csv").read_text() == results
 
 
 def test_report_only_tabulates_finished_cells_and_trains_nothing(
@@ -198,9 +210,19 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: dataset syn:") and "missing" in last
+    (tmp_path / "notes.txt").write_text("mine")
     for args, message in (
         ([], "error: give --study_dir"),
         ([f"--study_dir={tmp_path}"], "error: give --datasets"),
+        (
+            [f"--study_dir={tmp_path}", f"--datasets=a={tmp_path},a={tmp_path}"],
+            "error: --datasets names 'a' twice",
+        ),
+        ([f"--study_dir={tmp_path}", "--seeds=0"], "error: flag --seeds=0: 0 is not a positive integer"),
+        (
+            [f"--study_dir={tmp_path / 'notes.txt' / 's'}"],
+            f"error: --study_dir={tmp_path / 'notes.txt' / 's'}: ",
+        ),
     ):
         proc = subprocess.run(
             [sys.executable, str(REPO / "study.py"), *args], capture_output=True, text=True, cwd=REPO
