@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -247,10 +249,68 @@ def validate(
       The summary (also written to `summary.json`): image counts, duplicate and
       leakage counts, constant images, TFDV anomalies and drift per split,
       timings in seconds and the files written.
+
+    Raises:
+      ValueError: an unreadable dataset; TFDV on a dataset without a train
+        split (its schema and drift baseline); an `output_dir` that is a file,
+        or a folder holding files but no previous report (summary.json).
     """
-    output_dir = output_dir or os.path.join(data_dir, "validation")
-    os.makedirs(output_dir, exist_ok=True)
+    output_dir = os.path.normpath(output_dir or os.path.join(data_dir, "validation"))
     info = schema.read_dataset_info(data_dir)
+    if with_tfdv and REFERENCE_SPLIT not in info["splits"]:
+        raise ValueError(
+            f"{data_dir} has no {REFERENCE_SPLIT} split, from which TFDV infers the schema and "
+            "measures drift; validate without TFDV (--notfdv)"
+        )
+    check_report_dir(output_dir)
+    # The reports are written aside and replace the previous ones only when complete: none of
+    # an older run's files (a duplicates.png that no longer applies) can survive beside them.
+    staging = os.path.join(
+        os.path.dirname(os.path.abspath(output_dir)),
+        f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}",
+    )
+    os.makedirs(staging)
+    try:
+        summary = _write_reports(data_dir, info, staging, near_max_distance, label_drift_linf,
+                                 label_drift_jsd, with_tfdv, pipeline_args)  # fmt: skip
+        summary["output_dir"] = os.path.abspath(output_dir)
+        _write_json(os.path.join(staging, "summary.json"), summary)
+        if os.path.exists(output_dir):
+            old = f"{staging}.old"
+            os.rename(output_dir, old)
+            os.rename(staging, output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary
+
+
+def check_report_dir(output_dir: str) -> None:
+    """Raises ValueError unless `output_dir` is absent, empty or a previous report (summary.json)."""
+    if os.path.isfile(output_dir):
+        raise ValueError(f"--output={output_dir} is a file; reports go to a folder")
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not os.path.exists(os.path.join(output_dir, "summary.json")):
+            raise ValueError(
+                f"--output={output_dir} holds other files and no previous report (summary.json); "
+                "the reports replace their folder, so choose a new one"
+            )
+
+
+def _write_reports(
+    data_dir: str,
+    info: Mapping[str, Any],
+    output_dir: str,
+    near_max_distance: int,
+    label_drift_linf: float,
+    label_drift_jsd: float,
+    with_tfdv: bool,
+    pipeline_args: Sequence[str],
+) -> dict[str, Any]:
+    """Writes every report into `output_dir` and returns the summary (not yet written)."""
     timings = {}
     start = time.perf_counter()
     data = _load_all(data_dir, info)
@@ -277,9 +337,7 @@ def validate(
         start = time.perf_counter()
         tfdv_results = run_tfdv(data_dir, info, output_dir, label_drift_linf, label_drift_jsd, pipeline_args)
         timings["tfdv"] = time.perf_counter() - start
-    summary = _summary(data_dir, output_dir, dup, tfdv_results, timings)
-    _write_json(os.path.join(output_dir, "summary.json"), summary)
-    return summary
+    return _summary(data_dir, output_dir, dup, tfdv_results, timings)
 
 
 def _summary(
@@ -354,6 +412,8 @@ def main(argv: Sequence[str]) -> None:
     f = flags.FLAGS
     if not f.data or not os.path.exists(os.path.join(f.data, schema.INFO_FILE)):
         fail(f"--data={f.data}: no {schema.INFO_FILE} there (convert the dataset first)")
+    if f.output:
+        cli.check_output_path("output", f.output)
     if not f["verbosity"].present:
         # Beam logs pipeline details at INFO on the root logger; the summary is what matters here.
         absl_logging.set_verbosity(absl_logging.WARNING)

@@ -22,7 +22,7 @@ import pytest
 from conftest import write_records
 from PIL import Image
 
-from data_tools import dedup, derive
+from data_tools import dedup, derive, validate
 from data_tools.writer import Record
 from fer_tf import schema
 
@@ -308,3 +308,37 @@ def test_validate_cli_names_a_missing_shard_in_one_line(synthetic_data_dir, tmp_
     done = _validate_cli(copy, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith("dataset_info says 1 val shards, found 0")
+
+
+def test_a_rerun_replaces_the_whole_report_and_keeps_other_folders_safe(tmp_path):
+    data = _write(tmp_path / "data", _planted())
+    out = tmp_path / "report"
+    first = validate.validate(str(data), str(out), with_tfdv=False)
+    assert "duplicates.png" in first["files"] and (out / "duplicates.png").exists()
+    # A threshold that finds no near pair: the old duplicates.png must not outlive its report.
+    second = validate.validate(str(data), str(out), near_max_distance=-1, with_tfdv=False)
+    assert second["duplicates"]["near"]["num_groups"] == 0
+    assert "duplicates.png" not in second["files"] and not (out / "duplicates.png").exists()
+    assert sorted(second["files"]) == sorted(
+        str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
+    )  # the summary lists exactly what is there
+    assert sorted(os.listdir(tmp_path)) == ["data", "report"]  # no staging folder left
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files and no previous report"):
+        validate.validate(str(data), str(notes), with_tfdv=False)
+    assert os.listdir(notes) == ["mine.txt"]
+
+
+def test_tfdv_needs_a_train_split(synthetic_data_dir, tmp_path):
+    copy = _copy(synthetic_data_dir, tmp_path)
+    info = schema.read_dataset_info(str(copy))
+    del info["splits"]["train"]
+    schema.write_dataset_info(str(copy), info)
+    for shard in copy.glob("train-*.tfrecord"):
+        shard.unlink()
+    with pytest.raises(ValueError, match="has no train split, from which TFDV infers the schema"):
+        validate.validate(str(copy))
+    summary = validate.validate(str(copy), with_tfdv=False)  # duplicates and plots still work
+    assert summary["num_images"] == {"val": 140, "test": 140} and not (copy / "validation" / "samples_train.png").exists()
