@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,6 +99,8 @@ def load_run_model(run_dir: str, run_info: Mapping[str, Any], filename: str = "m
     path = os.path.join(run_dir, filename)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: has the run finished training?")
+    if not zipfile.is_zipfile(path):  # a .keras file is a zip archive
+        raise ValueError(f"{path} is truncated or corrupt (not a .keras archive)")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as err:  # Keras raises TypeError/ValueError/KeyError here.

@@ -298,6 +298,16 @@ def test_model_with_unknown_custom_layer_fails_clearly(tmp_path):
     assert not os.path.exists(tmp_path / "export")
 
 
+def test_truncated_model_file_is_named_as_such(tmp_path):
+    run_dir, _ = make_run(str(tmp_path))
+    path = os.path.join(run_dir, "model.keras")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match="model.keras is truncated or corrupt"):
+        export_lib.export_run(run_dir, str(tmp_path / "export"))
+    assert not os.path.exists(tmp_path / "export")
+
+
 def test_export_cli_errors(tmp_path):
     proc = run_script("export.py", f"--run={tmp_path / 'missing'}", f"--output={tmp_path / 'out'}")
     assert proc.returncode == 2
