@@ -220,6 +220,8 @@ def define_flags() -> None:
 
 def main(argv) -> None:
     del argv
+    output = flags.FLAGS.output
+    cli.check_output_path("output", output, folder=not output.endswith(".keras"))  # before the rebuild
     try:
         path = write_model(flags.FLAGS.export, flags.FLAGS.output)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

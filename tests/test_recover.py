@@ -106,6 +106,12 @@ def test_cli_writes_the_model_and_fails_in_one_line(fernet_export, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no export at")
     proc = run_script("-m", "fer_tf.recover", f"--export={out}", f"--output={tmp_path / 'm.keras'}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("nothing is replaced")
+    under = tmp_path / "m.keras" / "x.keras"
+    proc = run_script("-m", "fer_tf.recover", f"--export={out}", f"--output={under}")
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"error: --output={under}: {tmp_path / 'm.keras'} is a file, not a folder"
+    )
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (broken / "metadata.json").write_text('{"class_names": ["a",')  # truncated
