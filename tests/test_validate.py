@@ -341,4 +341,7 @@ def test_tfdv_needs_a_train_split(synthetic_data_dir, tmp_path):
     with pytest.raises(ValueError, match="has no train split, from which TFDV infers the schema"):
         validate.validate(str(copy))
     summary = validate.validate(str(copy), with_tfdv=False)  # duplicates and plots still work
-    assert summary["num_images"] == {"val": 140, "test": 140} and not (copy / "validation" / "samples_train.png").exists()
+    assert (
+        summary["num_images"] == {"val": 140, "test": 140}
+        and not (copy / "validation" / "samples_train.png").exists()
+    )
