@@ -40,6 +40,7 @@ import sys
 import numpy as np
 from absl import flags
 
+import launch
 from fer_tf import cli
 from fer_tf.classifiers import default_model_path
 from fer_tf.cli import fail, parse_input_range, parse_labels
@@ -198,4 +199,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    launch.run(main)

@@ -16,7 +16,7 @@ import os
 
 from absl import flags
 
-from fer_tf import cli
+import launch
 from fer_tf.cli import fail
 
 _RUN = flags.DEFINE_string("run", None, "Training run directory (runs/<name>/).")
@@ -143,4 +143,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    launch.run(main)

@@ -18,7 +18,7 @@ import os
 
 from absl import flags
 
-from fer_tf import cli
+import launch
 from fer_tf.cli import fail
 
 F = flags.FLAGS
@@ -93,4 +93,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    launch.run(main)

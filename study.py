@@ -19,6 +19,7 @@ import sys
 
 from absl import flags
 
+import launch
 import train
 from fer_tf import cli
 
@@ -173,4 +174,4 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cli.run(main, argv=cli.resolve_flagfiles(sys.argv))
+    launch.run(main, argv=cli.resolve_flagfiles(sys.argv))

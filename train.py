@@ -13,6 +13,7 @@ from typing import Any
 
 from absl import flags
 
+import launch
 from fer_tf import cli
 
 F = flags.FLAGS
@@ -207,4 +208,4 @@ def main(argv):
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     define_flags()
-    cli.run(main, argv=cli.resolve_flagfiles(sys.argv))
+    launch.run(main, argv=cli.resolve_flagfiles(sys.argv))

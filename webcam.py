@@ -20,6 +20,7 @@ from absl import flags
 # Only an export dir's SavedModel (or TFLite without LiteRT) imports TensorFlow; keep its logs quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import launch
 from fer_tf import cli, sources
 from fer_tf.inference import Recognizer, SourceError, open_source
 from fer_tf.overlay import SessionSummary
@@ -192,4 +193,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, argv=cli.resolve_flagfiles(sys.argv))
+    launch.run(main, argv=cli.resolve_flagfiles(sys.argv))

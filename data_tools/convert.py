@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as `python data_tools/convert.py`: make the
 
 from absl import flags
 
-from fer_tf import cli
+import launch
 from fer_tf.cli import fail
 
 # TensorFlow and Beam are imported only once the inputs are checked: they take
@@ -280,4 +280,4 @@ def _convert_longtail(source: Any, output: str, imbalance_factor: float, seed: i
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+import launch
 from data_tools import derive, fer2013
-from fer_tf import cli, schema
+from fer_tf import schema
 
 _ROW_ID = re.compile(r"row-(\d+)")
 
@@ -168,4 +169,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

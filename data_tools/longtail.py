@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+import launch
 from data_tools import derive
-from fer_tf import cli, schema
+from fer_tf import schema
 
 
 def check_imbalance_factor(imbalance_factor: float) -> None:
@@ -149,4 +150,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

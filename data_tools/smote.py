@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 from absl import flags
 
+import launch
 from data_tools import derive
 from data_tools.writer import Record
-from fer_tf import cli, schema
+from fer_tf import schema
 
 # Named target rules: every class below the reference count is raised to it.
 TARGET_RULES = ("balance", "max", "median", "mean")
@@ -202,4 +203,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

@@ -26,8 +26,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python data_tools/synthetic.py`: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import launch  # noqa: E402
 from data_tools.synthetic_faces import render_face, render_face_large  # noqa: E402
-from fer_tf import cli  # noqa: E402
 from fer_tf.schema import FER2013_CLASSES, SPLITS  # noqa: E402
 
 NUM_CLASSES = len(FER2013_CLASSES)
@@ -364,4 +364,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

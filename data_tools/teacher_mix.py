@@ -36,8 +36,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
+import launch
 from data_tools import derive
-from fer_tf import cli, distill, runs, schema
+from fer_tf import distill, runs, schema
 
 
 def teacher_targets(
@@ -161,4 +162,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

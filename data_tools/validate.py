@@ -28,6 +28,7 @@ import numpy as np
 from absl import flags
 from absl import logging as absl_logging
 
+import launch
 from data_tools import dedup, derive
 from fer_tf import cli, report, schema
 
@@ -428,4 +429,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.run(main)
+    launch.run(main)

@@ -1,19 +1,15 @@
 """Small helpers shared by the entry scripts (train.py, study.py, ...).
 
 Nothing here defines or reads flags: the scripts own their flags and pass plain
-values. `run` starts every script, so all of them share two conventions: a bad
-flag is a one-line usage error (exit code 2, like `fail`), and SIGTERM unwinds
-like Ctrl-C, so a killed export or conversion removes its staging folder and a
-video being written is closed.
+values (launch.py, beside the scripts, starts them under absl).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -51,31 +47,6 @@ def fail(message: str, code: int = 2) -> None:
     """Prints a one-line error to stderr and exits with `code` (no traceback)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
-
-
-def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Runs an entry script's `main` under absl (`app.run`) with the toolkit's conventions.
-
-    absl's own flag errors exit 1 over two lines, the code of a refused result
-    (e.g. an export that fails parity); here they exit 2 with one line. SIGTERM
-    (`kill`, a job scheduler's time limit) raises SystemExit(143), so `finally`
-    and `except BaseException` cleanups run instead of the process vanishing.
-    """
-    from absl import app, flags
-
-    def parse(args: list[str]) -> list[str]:
-        try:
-            return flags.FLAGS(args)
-        except flags.Error as err:
-            fail(" ".join(str(err).split()))
-
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    app.run(main, argv=list(argv) if argv is not None else None, flags_parser=parse)
-
-
-def _exit_on_signal(signum: int, frame: Any) -> None:
-    del frame
-    raise SystemExit(128 + signum)
 
 
 def check_output_path(flag: str, path: str, *, folder: bool = True) -> None:

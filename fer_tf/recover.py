@@ -4,7 +4,7 @@ An export is what survives of a run once its run directory is gone: this turns
 it back into a `model.keras` that `train.py --teacher` / `--init_weights`
 accept, e.g. to distil from the shipped model or fine-tune it on other data.
 
-  python -m fer_tf.recover --export=models/fer2013 --output=runs/release_fer2013_v7a
+  python recover.py --export=models/fer2013 --output=runs/release_fer2013_v7a
 
 Given a directory, it also writes the run_info.json, flags.txt and metrics.json a
 training run has, from what the export recorded (classes, network input size,
@@ -32,7 +32,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from fer_tf import cli, data, export_lib, models, runs, schema
 
@@ -209,26 +208,3 @@ def write_run_files(meta: Mapping[str, Any], model: keras.Model, run_dir: str, e
         if text and not os.path.exists(path):  # nothing recorded, or the run's own file: left alone
             with open(path, "w") as f:
                 f.write(text)
-
-
-def define_flags() -> None:
-    """Defines the CLI flags; called only when run as a script, so importing defines none."""
-    flags.DEFINE_string("export", None, "Export directory (metadata.json, saved_model/).")
-    flags.DEFINE_string("output", None, "A .keras file, or a run directory to hold model.keras.")
-    flags.mark_flags_as_required(["export", "output"])
-
-
-def main(argv) -> None:
-    del argv
-    output = flags.FLAGS.output
-    cli.check_output_path("output", output, folder=not output.endswith(".keras"))  # before the rebuild
-    try:
-        path = write_model(flags.FLAGS.export, flags.FLAGS.output)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        cli.fail(str(e))
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    define_flags()
-    cli.run(main)

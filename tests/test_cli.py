@@ -1,4 +1,4 @@
-"""The conventions `fer_tf.cli.run` gives every entry script: flag errors and SIGTERM."""
+"""The conventions `launch.run` gives every entry script: flag errors and SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ ENTRY_POINTS = [
     ["train.py"], ["evaluate.py"], ["export.py"], ["soup.py"], ["study.py"], ["webcam.py"],
     ["-m", "data_tools.convert"], ["-m", "data_tools.validate"], ["-m", "data_tools.longtail"],
     ["-m", "data_tools.smote"], ["-m", "data_tools.teacher_mix"], ["-m", "data_tools.ferplus_mix"],
-    ["data_tools/synthetic.py"], ["-m", "fer_tf.recover"],
+    ["data_tools/synthetic.py"], ["recover.py"],
 ]  # fmt: skip
 
 # A script that stages a folder the way export and conversion do, and waits to be killed.
 STAGING_SCRIPT = """
 import os, shutil, sys, time
 from absl import flags
-from fer_tf import cli
+import launch
 
 _DIR = flags.DEFINE_string("dir", None, "Folder to stage.")
 
@@ -35,7 +35,7 @@ def main(argv):
         shutil.rmtree(_DIR.value)
         raise
 
-cli.run(main)
+launch.run(main)
 """
 
 

@@ -98,16 +98,16 @@ def test_check_refuses_a_model_that_differs_from_the_export(fernet_export):
 
 def test_cli_writes_the_model_and_fails_in_one_line(fernet_export, tmp_path):
     _, out = fernet_export
-    proc = run_script("-m", "fer_tf.recover", f"--export={out}", f"--output={tmp_path / 'm.keras'}")
+    proc = run_script("recover.py", f"--export={out}", f"--output={tmp_path / 'm.keras'}")
     assert proc.returncode == 0, proc.stderr
     assert os.path.exists(tmp_path / "m.keras")
-    proc = run_script("-m", "fer_tf.recover", f"--export={tmp_path / 'none'}", f"--output={tmp_path / 'x'}")
+    proc = run_script("recover.py", f"--export={tmp_path / 'none'}", f"--output={tmp_path / 'x'}")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no export at")
-    proc = run_script("-m", "fer_tf.recover", f"--export={out}", f"--output={tmp_path / 'm.keras'}")
+    proc = run_script("recover.py", f"--export={out}", f"--output={tmp_path / 'm.keras'}")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("nothing is replaced")
     under = tmp_path / "m.keras" / "x.keras"
-    proc = run_script("-m", "fer_tf.recover", f"--export={out}", f"--output={under}")
+    proc = run_script("recover.py", f"--export={out}", f"--output={under}")
     assert (
         proc.stderr.strip().splitlines()[-1]
         == f"error: --output={under}: {tmp_path / 'm.keras'} is a file, not a folder"
@@ -115,7 +115,7 @@ def test_cli_writes_the_model_and_fails_in_one_line(fernet_export, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (broken / "metadata.json").write_text('{"class_names": ["a",')  # truncated
-    proc = run_script("-m", "fer_tf.recover", f"--export={broken}", f"--output={tmp_path / 'b.keras'}")
+    proc = run_script("recover.py", f"--export={broken}", f"--output={tmp_path / 'b.keras'}")
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
@@ -125,7 +125,7 @@ def test_cli_writes_the_model_and_fails_in_one_line(fernet_export, tmp_path):
     shutil.copy(os.path.join(out, "metadata.json"), broken / "metadata.json")
     pb = broken / export_lib.SAVED_MODEL_DIR / "saved_model.pb"
     pb.write_bytes(pb.read_bytes()[:1000])
-    proc = run_script("-m", "fer_tf.recover", f"--export={broken}", f"--output={tmp_path / 'b.keras'}")
+    proc = run_script("recover.py", f"--export={broken}", f"--output={tmp_path / 'b.keras'}")
     assert (
         proc.returncode == 2 and "saved_model is corrupt or truncated" in proc.stderr.strip().splitlines()[-1]
     )

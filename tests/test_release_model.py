@@ -76,7 +76,7 @@ def test_model_card_numbers_are_reproduced_by_evaluate():
 
 
 def test_release_export_rebuilds_into_its_keras_model():
-    # configs/release_fer2013_v10.flags distils from this model after `python -m fer_tf.recover`;
+    # configs/release_fer2013_v10.flags distils from this model after `python recover.py`;
     # model_from_export checks the rebuilt network against the export's own endpoint.
     model = recover.model_from_export(str(RELEASE))
     meta = _metadata()
