@@ -158,7 +158,7 @@ def slim_weights(source: keras.Model, model: keras.Model) -> dict[str, list[np.n
             cut = []
             for value, shape in zip(values, shapes, strict=True):
                 for axis, (have, want) in enumerate(zip(value.shape, shape, strict=True)):
-                    if have != want and (have, want) == (full, hidden):
+                    if (have, want) == (full, hidden):
                         value = np.take(value, keep[block], axis=axis)
                 cut.append(value)
             values = cut
