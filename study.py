@@ -111,11 +111,12 @@ def check_same_recipe(study_dir: str, recipe: dict, *, write: bool) -> None:
     path = os.path.join(study_dir, RECIPE_FILE)
     recipe = json.loads(json.dumps(recipe, sort_keys=True))  # tuples -> lists, as stored
     if os.path.exists(path):
-        with open(path) as f:
-            try:
-                previous = json.load(f)
-            except ValueError:
-                cli.fail(f"{path} is not valid JSON; delete it to record this sitting's recipe")
+        from fer_tf import schema
+
+        try:
+            previous = schema.read_json_object(path, "delete it to record this sitting's recipe")
+        except ValueError as e:
+            cli.fail(str(e))
         changed = sorted(k for k in set(previous) | set(recipe) if previous.get(k) != recipe.get(k))
         if changed:
             details = ", ".join(f"{k} {previous.get(k)!r} -> {recipe.get(k)!r}" for k in changed)
