@@ -16,7 +16,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -27,12 +26,13 @@ from absl import flags
 from data_tools.writer import (
     ConversionError,
     Record,
+    carried_on_rewrite,
     check_replaceable,
-    replace_dataset,
     stale_note,
+    stale_reports,
     write_shards,
 )
-from fer_tf import cli, schema
+from fer_tf import cli, outdir, schema
 
 TRAIN = "train"
 
@@ -185,11 +185,8 @@ def write_derived(
         check_replaceable(output_dir)  # --overwrite replaces a dataset, never a folder of other files
     except ConversionError as e:
         raise ValueError(str(e)) from None
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset is not.
-    try:
+    dropped = stale_reports(output_dir)
+    with outdir.staged(output_dir, carry=carried_on_rewrite) as tmp:
         num_shards = num_shards or parent_info["splits"][TRAIN]["num_shards"]
         synthetic: collections.Counter = collections.Counter()
         records = _count_synthetic(train_records, synthetic)
@@ -200,10 +197,6 @@ def write_derived(
         lineage = {"parent_dir": os.path.abspath(input_dir), "parent_source": parent_info["source"]}
         info = _derived_info(parent_info, written, synthetic["synthetic"], num_shards, {**source, **lineage})
         schema.write_dataset_info(tmp, info)
-        dropped = replace_dataset(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if note := stale_note(output_dir, dropped):
         print(note)
     return info

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,7 +28,7 @@ from absl import logging as absl_logging
 
 import launch
 from data_tools import dedup, derive
-from fer_tf import cli, report, schema
+from fer_tf import cli, outdir, report, schema
 
 REFERENCE_SPLIT = "train"
 
@@ -266,26 +264,11 @@ def validate(
     check_report_dir(output_dir)
     # The reports are written aside and replace the previous ones only when complete: none of
     # an older run's files (a duplicates.png that no longer applies) can survive beside them.
-    staging = os.path.join(
-        os.path.dirname(os.path.abspath(output_dir)),
-        f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}",
-    )
-    os.makedirs(staging)
-    try:
+    with outdir.staged(output_dir) as staging:
         summary = _write_reports(data_dir, info, staging, near_max_distance, label_drift_linf,
                                  label_drift_jsd, with_tfdv, pipeline_args)  # fmt: skip
         summary["output_dir"] = os.path.abspath(output_dir)
         _write_json(os.path.join(staging, "summary.json"), summary)
-        if os.path.exists(output_dir):
-            old = f"{staging}.old"
-            os.rename(output_dir, old)
-            os.rename(staging, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return summary
 
 
@@ -401,7 +384,9 @@ def define_flags() -> None:
     """Defines the CLI flags; called only when run as a script, so importing defines none."""
     flags.DEFINE_string("data", None, "Converted dataset directory (shards + dataset_info.json).")
     flags.DEFINE_string("output", None, "Report directory (default <data>/validation).")
-    flags.DEFINE_integer("near_max_distance", 4, "Near-duplicate pHash Hamming threshold.")
+    flags.DEFINE_integer(
+        "near_max_distance", 4, "Near-duplicate pHash Hamming threshold (negative: no near search)."
+    )
     flags.DEFINE_float("label_drift_linf", 0.05, "L-infinity threshold of label drift vs train.")
     flags.DEFINE_float("label_drift_jsd", 0.01, "Jensen-Shannon threshold of label drift vs train.")
     flags.DEFINE_bool("tfdv", True, "Run TFDV (statistics, schema, anomalies, Facets).")

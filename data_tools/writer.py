@@ -31,7 +31,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -41,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
-from fer_tf import schema
+from fer_tf import outdir, schema
 
 # Items per pipeline element: large enough that Beam's per-element cost vanishes,
 # small enough that workers share the load and the progress bar moves.
@@ -170,18 +169,12 @@ def convert(
         )
     output_dir = os.path.abspath(output_dir)
     check_replaceable(output_dir)
-    work_dir = _make_sibling_dir(output_dir, "tmp")
-    try:
+    dropped = stale_reports(output_dir)
+    with outdir.staged(output_dir, carry=carried_on_rewrite) as work_dir:
         chunk_paths = _stage_chunks(source.items, os.path.join(work_dir, _CHUNK_DIR))
         _run_pipeline(source, chunk_paths, work_dir, encoding, pipeline_args, examples_per_shard, progress)
         info = _dataset_info(source, encoding, _read_summary(work_dir), strict)
-        # mkdtemp and mkstemp make owner-only files; a dataset is meant to be shared.
-        os.chmod(schema.write_dataset_info(work_dir, info), 0o644)
-        os.chmod(work_dir, 0o755)
-        dropped = replace_dataset(work_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
+        schema.write_dataset_info(work_dir, info)
     if note := stale_note(output_dir, dropped):
         print(note)
     if info["skipped"]:
@@ -508,50 +501,27 @@ def check_replaceable(output_dir: str) -> None:
         )
 
 
-def _make_sibling_dir(output_dir: str, kind: str) -> str:
-    # Beside the output (same filesystem), so that the final rename is atomic.
-    parent, name = os.path.split(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{name}.{kind}-", dir=parent)
-
-
 # What a converter writes into a dataset directory; anything else there was put by a user.
 _OWNED = re.compile(r"^(" + "|".join(schema.SPLITS) + r")-\d{5}-of-\d{5}\.tfrecord$")
 # Reports about the data (data_tools.validate): stale once the data is rewritten.
 STALE_ON_REWRITE = ("validation",)
 
 
-def replace_dataset(new_dir: str, output_dir: str) -> list[str]:
-    """Moves the complete dataset `new_dir` to `output_dir`, replacing an old dataset only at the end.
+def carried_on_rewrite(name: str) -> bool:
+    """Whether `name` in a dataset being replaced is carried into the new one.
 
-    Files and folders a user added to the old dataset (a README, notes) are
-    copied into the new one; its `validation/` reports are dropped, since they
-    describe the data being replaced.
-
-    Returns:
-      The names dropped as stale (e.g. ["validation"]), for the caller to report.
+    Files and folders a user added (a README, notes) are; the converter's own
+    shards and info, hidden files, and the `validation/` reports, which describe
+    the data being replaced, are not.
     """
-    if not os.path.exists(output_dir):
-        os.rename(new_dir, output_dir)
-        return []
-    dropped = []
-    for name in sorted(os.listdir(output_dir)):
-        if name == schema.INFO_FILE or _OWNED.match(name) or name.startswith("."):
-            continue
-        if name in STALE_ON_REWRITE:
-            dropped.append(name)
-        elif not os.path.exists(os.path.join(new_dir, name)):
-            source, target = os.path.join(output_dir, name), os.path.join(new_dir, name)
-            if os.path.isdir(source) and not os.path.islink(source):
-                shutil.copytree(source, target, symlinks=True)
-            else:
-                shutil.copy2(source, target, follow_symlinks=False)
-    parent, name = os.path.split(output_dir)
-    old_dir = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
-    os.rename(output_dir, old_dir)
-    os.rename(new_dir, output_dir)
-    shutil.rmtree(old_dir, ignore_errors=True)
-    return dropped
+    return not (
+        name == schema.INFO_FILE or _OWNED.match(name) or name.startswith(".") or name in STALE_ON_REWRITE
+    )
+
+
+def stale_reports(output_dir: str) -> list[str]:
+    """The reports in `output_dir` that replacing its data will drop (e.g. ["validation"])."""
+    return [name for name in STALE_ON_REWRITE if os.path.exists(os.path.join(output_dir, name))]
 
 
 def stale_note(output_dir: str, dropped: Sequence[str]) -> str | None:

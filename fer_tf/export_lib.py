@@ -30,9 +30,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import cli, data, metrics, quantize, runs
+from fer_tf import cli, data, metrics, outdir, quantize, runs
 from fer_tf.predict import LABELS_FILE, METADATA_FILE, SAVED_MODEL_DIR, SavedModelPredictor, TFLitePredictor
 
 TFLITE_FILES = {
@@ -378,24 +375,6 @@ def _write_export(staging: str, run_dir: str, options: Mapping[str, Any]) -> dic
     return metadata
 
 
-def _replace_dir(staging: str, output_dir: str) -> None:
-    """Moves `staging` to `output_dir`, replacing a previous export only at the very end.
-
-    Markdown files of the previous export (a model card) are carried over.
-    """
-    if not os.path.exists(output_dir):
-        os.rename(staging, output_dir)
-        return
-    # Hand-written documents (MODEL_CARD.md) belong to the model, not to one export of it.
-    for name in os.listdir(output_dir):
-        if name.endswith(".md") and not os.path.exists(os.path.join(staging, name)):
-            shutil.copy2(os.path.join(output_dir, name), os.path.join(staging, name))
-    old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(staging))
-    os.rename(output_dir, os.path.join(old, "export"))
-    os.rename(staging, output_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_run(
     run_dir: str,
     output_dir: str,
@@ -462,17 +441,6 @@ def export_run(
         raise FileExistsError(
             f"{output_dir} exists and is not an export (no {METADATA_FILE}); choose another output"
         )
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    # Not mkdtemp: its 0700 mode would survive the rename; makedirs honours the umask.
-    staging = os.path.join(
-        parent, f".{os.path.basename(os.path.abspath(output_dir))}.tmp-{uuid.uuid4().hex[:8]}"
-    )
-    os.makedirs(staging)
-    try:
-        metadata = _write_export(staging, run_dir, options)
-        _replace_dir(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return metadata
+    # Hand-written documents (MODEL_CARD.md) belong to the model, not to one export of it.
+    with outdir.staged(output_dir, carry=lambda name: name.endswith(".md")) as staging:
+        return _write_export(staging, run_dir, options)
