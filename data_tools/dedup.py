@@ -10,7 +10,9 @@ distance 4 were all true twins; at 6 unrelated faces start to pair up.
 The near search avoids the all-pairs comparison: split the 64 bits into t + 1
 bands; two hashes within distance t agree exactly on at least one band
 (pigeonhole), so only images sharing a band value are compared. On FER2013
-(32k images, t = 4) that is 1.3M candidate pairs instead of 520M.
+(32k images, t = 4) that is 1.3M candidate pairs instead of 520M. Images with
+equal hashes are compared once (`near_graph`), so a pile of identical or blank
+images costs memory in proportion to its size, not its square.
 
 Everything here is plain numpy on in-memory arrays; `data_tools/validate.py`
 reads the splits and writes the report.
@@ -60,7 +62,7 @@ def _dct_matrix(n: int) -> np.ndarray:
     return d
 
 
-def phash(images: np.ndarray, hash_size: int = 8, dct_size: int = 32) -> np.ndarray:
+def phash(images: np.ndarray, hash_size: int = 8, dct_size: int = 32, batch: int = 4096) -> np.ndarray:
     """64-bit DCT perceptual hash of each image (Zauner 2010, as in `imagehash`).
 
     The image is converted to grey, resized to 32x32, transformed with a 2-D DCT;
@@ -72,9 +74,15 @@ def phash(images: np.ndarray, hash_size: int = 8, dct_size: int = 32) -> np.ndar
       hash_size: side of the low-frequency block (8 -> 64 bits).
       dct_size: side the image is resized to before the DCT.
 
+      batch: images transformed at a time (the DCT works in float64: 8 KB an image).
+
     Returns:
       [N] uint64 hashes.
     """
+    if len(images) > batch:
+        return np.concatenate(
+            [phash(images[i : i + batch], hash_size, dct_size, batch) for i in range(0, len(images), batch)]
+        )
     if images.shape[-1] == 3:
         images = np.einsum("nhwc,c->nhw", images.astype(np.float32), np.float32([0.299, 0.587, 0.114]))
     else:
@@ -97,11 +105,16 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _POPCOUNT8[x.view(np.uint8).reshape(*x.shape, 8)].sum(axis=-1, dtype=np.int64)
 
 
-def _band_candidates(hashes: np.ndarray, num_bands: int) -> np.ndarray:
-    """Pairs (i < j) sharing the value of at least one bit band, as i * N + j codes."""
+def _near_distinct(hashes: np.ndarray, max_distance: int, block: int = 1 << 22) -> np.ndarray:
+    """Pairs (i < j) of `hashes`, all distinct, within `max_distance` bits: [P, 2] int64.
+
+    Banded (t + 1 bands, see the module docstring); the members of a band bucket
+    are compared in blocks of at most `block` distances and only the pairs within
+    `max_distance` are kept, so memory follows the answer, not the buckets.
+    """
     n = len(hashes)
-    edges = np.linspace(0, 64, num_bands + 1).astype(int)
-    codes = []
+    edges = np.linspace(0, 64, max_distance + 2).astype(int)
+    found = [np.zeros((0, 2), np.int64)]
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         keys = (hashes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
         order = np.argsort(keys, kind="stable")
@@ -110,27 +123,39 @@ def _band_candidates(hashes: np.ndarray, num_bands: int) -> np.ndarray:
         sizes = np.diff(np.r_[starts, n])
         for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
             members = np.sort(order[start : start + size]).astype(np.int64)
-            i, j = np.triu_indices(size, k=1)
-            codes.append(members[i] * n + members[j])
-    return np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+            step = max(1, block // size)
+            for first in range(0, size - 1, step):
+                rows = np.arange(first, min(first + step, size - 1))
+                distances = hamming(hashes[members[rows]][:, None], hashes[members][None, :])
+                r, c = np.nonzero((distances <= max_distance) & (np.arange(size)[None, :] > rows[:, None]))
+                found.append(np.stack([members[rows[r]], members[c]], axis=1))
+    return np.unique(np.concatenate(found), axis=0)
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs of hashes within `max_distance` bits of each other.
+def near_graph(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """Edges whose connected components are the groups of hashes within `max_distance` bits.
+
+    Not every such pair: an image whose hash another image already has is linked
+    to that image only, and two distinct hashes within `max_distance` are linked
+    through the first image of each. Listing every pair would take memory
+    quadratic in the size of a group of equal hashes, and every flat image
+    hashes alike: 20,000 blank frames in a scraped dataset are 200M pairs.
 
     Args:
       hashes: [N] uint64.
-      max_distance: Hamming threshold t (0..63).
+      max_distance: Hamming threshold t (0..63); negative: no near search (no edges).
 
     Returns:
-      (pairs [P, 2] int64 with i < j, distances [P] int64).
+      [E, 2] int64 node pairs, E <= N - 1 + (pairs of distinct hashes within t).
     """
-    hashes = np.asarray(hashes, np.uint64)
-    codes = _band_candidates(hashes, num_bands=max_distance + 1)
-    i, j = codes // len(hashes), codes % len(hashes)
-    distances = hamming(hashes[i], hashes[j])
-    keep = distances <= max_distance
-    return np.stack([i[keep], j[keep]], axis=1), distances[keep]
+    hashes = np.asarray(hashes, np.uint64).reshape(-1)
+    if max_distance < 0:
+        return np.zeros((0, 2), np.int64)
+    distinct, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    repeats = np.flatnonzero(first[inverse] != np.arange(len(hashes)))
+    same = np.stack([first[inverse[repeats]], repeats], axis=1)
+    return np.concatenate([same, first[_near_distinct(distinct, max_distance)]]).astype(np.int64)
 
 
 def components(num_nodes: int, pairs: np.ndarray) -> np.ndarray:
@@ -242,9 +267,8 @@ def duplicate_report(
     labels, splits, ids = np.asarray(labels), np.asarray(splits).astype(str), np.asarray(ids).astype(str)
     exact_ids = np.unique(pixel_digests(images), return_inverse=True)[1].reshape(-1)
     hashes = phash(images)
-    pairs, _ = near_pairs(hashes, max_distance)
     # Exact twins always have equal pHashes, so near groups contain exact groups.
-    near_ids = components(len(images), pairs)
+    near_ids = components(len(images), near_graph(hashes, max_distance))
     flat = images.reshape(len(images), -1)
     constant = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
     return {

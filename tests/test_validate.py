@@ -132,25 +132,40 @@ def test_phash_exact_near_and_flat_images():
     assert dedup.hamming(dedup.phash(rgb), h).max() <= 2
 
 
-def test_near_pairs_match_brute_force():
+def _same_partition(a, b) -> bool:
+    """Whether two component labelings group the nodes alike."""
+    return len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_near_graph_groups_like_brute_force():
     rng = np.random.default_rng(2)
     hashes = rng.integers(0, 2**63, 1500, dtype=np.int64).astype(np.uint64) * np.uint64(2)
-    # Plant close relatives: flip 0..6 random bits of some hashes.
+    # Plant close relatives (flip 0..6 random bits of some hashes) and exact repeats.
     planted = []
     for flips in range(7):
         for base in rng.choice(1500, 10, replace=False):
             bits = rng.choice(64, flips, replace=False)
             planted.append(hashes[base] ^ np.uint64(sum(1 << int(b) for b in bits)))
-    hashes = np.concatenate([hashes, np.array(planted, np.uint64)])
+    hashes = np.concatenate([hashes, np.array(planted, np.uint64), hashes[rng.choice(1500, 20)]])
     i, j = np.triu_indices(len(hashes), k=1)
     distances = dedup.hamming(hashes[i], hashes[j])
     for t in (0, 2, 4, 6):
-        pairs, found = dedup.near_pairs(hashes, t)
-        expected = {
-            (a, b) for a, b in zip(i[distances <= t].tolist(), j[distances <= t].tolist(), strict=True)
-        }
-        assert {tuple(p) for p in pairs.tolist()} == expected
-        assert found.max() <= t and len(expected) >= 10 * (t + 1)
+        close = distances <= t
+        expected = dedup.components(len(hashes), np.stack([i[close], j[close]], axis=1))
+        edges = dedup.near_graph(hashes, t)
+        assert _same_partition(dedup.components(len(hashes), edges), expected), t
+        assert dedup.hamming(hashes[edges[:, 0]], hashes[edges[:, 1]]).max() <= t
+        assert len(set(expected.tolist())) < len(hashes) - 10 * (t + 1)  # the plants were found
+
+
+def test_near_graph_links_a_pile_of_equal_hashes_in_linear_memory():
+    # 30,000 blank images hash alike: every pair would be 450M edges (3.6 GB of int64 per band).
+    blank = np.uint64(1 << 63)
+    hashes = np.concatenate([np.full(30_000, blank), [blank ^ np.uint64(0b111), np.uint64(0x5555)]])
+    edges = dedup.near_graph(hashes, 4)
+    assert len(edges) == 30_000  # 29,999 repeats linked to the first, and its 3-bit neighbour
+    ids = dedup.components(len(hashes), edges)
+    assert len(set(ids[:30_001].tolist())) == 1 and ids[-1] != ids[0]
 
 
 def test_duplicate_report_counts():
