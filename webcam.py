@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import launch
 from fer_tf import cli, sources
+from fer_tf.classifiers import BACKENDS
 from fer_tf.inference import Recognizer, SourceError, open_source
 from fer_tf.overlay import SessionSummary
 
@@ -37,6 +38,13 @@ flags.DEFINE_enum("smoothing", "ema", ["ema", "mode", "none"], "Per-face tempora
 flags.DEFINE_enum("detector", "yunet", ["yunet", "haar"], "Face detector.")
 flags.DEFINE_integer("max_frames", 0, "Stop after this many frames (0: until the source ends).")
 flags.DEFINE_integer("threads", 2, "CPU threads for OpenCV (decoding, YuNet, drawing).")
+flags.DEFINE_enum(
+    "backend",
+    "auto",
+    list(BACKENDS),
+    "Which file of an export dir runs: auto (int8 TFLite, or float32 on a CPU without int8 "
+    "dot-product instructions, where it is faster), int8, float32 or saved_model.",
+)
 flags.DEFINE_integer("classifier_threads", 1, "TFLite threads; 1 is fastest for 48x48 face crops.")
 
 WINDOW = "fer-tf (q/Esc quits)"
@@ -161,7 +169,11 @@ def main(argv):
         cli.fail(str(e))
     try:
         recognizer = Recognizer(
-            F.model, detector=F.detector, smoothing=F.smoothing, num_threads=F.classifier_threads
+            F.model,
+            detector=F.detector,
+            smoothing=F.smoothing,
+            num_threads=F.classifier_threads,
+            backend=F.backend,
         )
     except (OSError, ValueError, RuntimeError) as e:  # missing or unreadable model
         cli.fail(str(e).strip().splitlines()[0])

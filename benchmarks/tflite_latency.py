@@ -40,6 +40,7 @@ from absl import app, flags
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fer_tf import classifiers  # noqa: E402
 from fer_tf.inference import tflite_interpreter  # noqa: E402
 
 FER2013_CSV = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_publictest.csv.gz"
@@ -141,10 +142,8 @@ def cpu_summary() -> str:
     model = next(
         (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), ""
     )
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines()
-                      if line.startswith(("flags", "Features"))), []))  # fmt: skip
-    int8 = sorted(flags & {"avx512_vnni", "avx_vnni", "asimddp", "i8mm"})
-    return f"{model or platform.machine()}; int8 dot-product ISA: {', '.join(int8) or 'none'}"
+    int8 = classifiers.int8_dot_product_isa()
+    return f"{model or platform.machine()}; int8 dot-product ISA: {', '.join(int8 or []) or 'none'}"
 
 
 def load_model(path: str, faces: np.ndarray, threads: int, to_input):

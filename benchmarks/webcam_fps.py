@@ -4,7 +4,7 @@
 
 Measured in one run, on the same decoded clip:
   - baseline: decode + YuNet detection alone (the floor any pipeline pays);
-  - ours: decode + YuNet + align + int8 TFLite + track + EMA smoothing + overlay drawing;
+  - ours: decode + YuNet + align + TFLite (as webcam.py picks it) + track + EMA smoothing + overlay drawing;
   - Haar instead of YuNet, for reference;
   - per-face latency of align_face and of the classifier.
 Faces are real FER2013 images upscaled when ../shared/data is present, else
@@ -39,7 +39,7 @@ F = flags.FLAGS
 flags.DEFINE_string(
     "model",
     None,
-    "int8 .tflite or export directory (its model_int8.tflite) to time "
+    ".tflite or export directory (the TFLite file webcam.py picks for this CPU) to time "
     "(default: the release model, else an untrained stand-in).",
 )
 flags.DEFINE_integer("frames", 150, "Clip length.")
@@ -153,8 +153,6 @@ def main(argv):
         clip = os.path.join(tmp, "clip.mp4")
         write_clip(clip, faces, F.frames)
         model = F.model or str(default_model_path())
-        if os.path.isdir(model):  # an export directory: time the int8 file, not its SavedModel
-            model = os.path.join(model, "model_int8.tflite")
         if not os.path.exists(model):
             print(f"{model} not found: timing an untrained FERNet int8 stand-in")
             model = stand_in_model(tmp)
@@ -163,7 +161,7 @@ def main(argv):
         rows = {
             "baseline: decode + YuNet detection": timed_pass(clip, lambda f: len(yunet.detect(f)), F.repeats),
             "decode + Haar detection": timed_pass(clip, lambda f: len(haar.detect(f)), F.repeats),
-            "ours: YuNet + align + int8 TFLite + draw": timed_pass(
+            "ours: YuNet + align + TFLite + draw": timed_pass(
                 clip, lambda f: len(recognizer.process_frame(f)[0]), F.repeats
             ),
             "fer package (Haar + mini-Xception)": fer_package_pass(clip),
@@ -175,7 +173,7 @@ def main(argv):
         classify_ms = per_face_ms(lambda: recognizer.classifier.predict_faces([crop]))
 
     print(
-        f"clip: 640x480, {F.frames} frames, 3 {face_source}; model {Path(model).name}; "
+        f"clip: 640x480, {F.frames} frames, 3 {face_source}; model {recognizer.classifier.path.name}; "
         f"{F.threads} OpenCV / {F.classifier_threads} TFLite threads; best of {F.repeats} passes"
     )
     print(f"{'pipeline':<44s}{'FPS':>8s}{'CPU ms/frame':>14s}{'faces/frame':>13s}{'vs detector':>13s}")
@@ -185,7 +183,7 @@ def main(argv):
             fps, cpu_ms, n = row
             print(f"{name:<44s}{fps:8.1f}{cpu_ms:14.1f}{n:13.2f}{fps / baseline_fps:12.2f}x")
     print(f"per face (median): align_face {align_ms:.2f} ms, classifier {classify_ms:.2f} ms")
-    ours_fps = rows["ours: YuNet + align + int8 TFLite + draw"][0]
+    ours_fps = rows["ours: YuNet + align + TFLite + draw"][0]
     print(f"goal >= 30 FPS end to end: {'met' if ours_fps >= 30 else 'NOT met'} ({ours_fps:.1f})")
 
 

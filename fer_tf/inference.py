@@ -234,6 +234,8 @@ class Recognizer:
       detector: "yunet", "haar" or a `FaceDetector`.
       smoothing: "ema", "mode" or "none" (used by `process_frame`).
       num_threads: TFLite interpreter threads.
+      backend: which file of an export dir runs: "auto" (its faster TFLite file on
+        this CPU), "int8", "float32" or "saved_model"; see `load_classifier`.
       margin: face crop margin, see `align_face`.
       ema_alpha, mode_window: smoothing parameters, see `tracking.Smoother`.
       max_missed: frames a track survives unseen.

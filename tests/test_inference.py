@@ -328,7 +328,7 @@ def test_fps_meter_and_summary():
 
 def test_recognizer_tflite_int8_and_float_agree_with_saved_model(export_dir):
     frame = frame_with_faces([(40, 60), (360, 80)])
-    saved = Recognizer(export_dir)  # TensorFlow is here, so the export dir runs its SavedModel
+    saved = Recognizer(export_dir, backend="saved_model")
     assert isinstance(saved.classifier, inference.SavedModelClassifier)
     results = {
         name: Recognizer(export_dir / f"model_{name}.tflite").predict(frame) for name in ("float32", "int8")
@@ -380,11 +380,61 @@ def test_missing_default_model_says_how_to_pass_one(monkeypatch, tmp_path):
         inference.load_classifier(tmp_path)
 
 
-def test_export_dir_without_tensorflow_runs_its_int8_tflite(export_dir, monkeypatch):
+def test_export_dir_without_tensorflow_runs_its_tflite(export_dir, monkeypatch):
     monkeypatch.setattr(classifiers, "_tensorflow_installed", lambda: False)  # as on an edge device
     classifier = inference.load_classifier(export_dir)
-    assert isinstance(classifier, inference.TFLiteClassifier) and classifier.path.name == "model_int8.tflite"
+    assert isinstance(classifier, inference.TFLiteClassifier)
+    assert classifier.path.name == classifiers.tflite_preference()[0]
     assert (classifier.input_size, classifier.channels, classifier.class_names) == (48, 1, CLASSES)
+    with pytest.raises(FileNotFoundError, match="needs TensorFlow"):
+        inference.load_classifier(export_dir, backend="saved_model")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu sse avx2 fma avx512f avx512_vnni", ["avx512_vnni"]),  # x86 with VNNI
+        ("fpu sse avx2 fma avx_vnni", ["avx_vnni"]),
+        ("fpu sse avx2 fma", []),  # AVX2 only: the CPU of MODEL_CARD.md's 2.5 ms
+    ],
+)
+def test_int8_dot_product_isa_reads_cpu_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert classifiers.int8_dot_product_isa(cpuinfo) == expected
+
+
+def test_int8_dot_product_isa_reads_arm_features_and_admits_what_it_cannot_tell(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n")
+    assert classifiers.int8_dot_product_isa(cpuinfo) == ["asimddp", "i8mm"]
+    cpuinfo.write_text("processor\t: 0\n")  # no flags line
+    assert classifiers.int8_dot_product_isa(cpuinfo) is None
+    assert classifiers.int8_dot_product_isa(tmp_path / "missing") is None
+
+
+def test_float32_runs_first_only_on_a_cpu_known_to_lack_int8_dot_products():
+    assert classifiers.tflite_preference([]) == ("model_float32.tflite", "model_int8.tflite")
+    assert classifiers.tflite_preference(["avx512_vnni"])[0] == "model_int8.tflite"
+    assert classifiers.tflite_preference(None)[0] in ("model_int8.tflite", "model_float32.tflite")
+
+
+def test_backend_picks_the_file_of_an_export_dir(export_dir, tmp_path, monkeypatch):
+    for backend, name in (("int8", "model_int8.tflite"), ("float32", "model_float32.tflite")):
+        classifier = inference.load_classifier(export_dir, backend=backend)
+        assert isinstance(classifier, inference.TFLiteClassifier) and classifier.path.name == name
+    assert isinstance(inference.load_classifier(export_dir), inference.TFLiteClassifier)  # not the SavedModel
+    with pytest.raises(ValueError, match="unknown backend 'onnx'"):
+        inference.load_classifier(export_dir, backend="onnx")
+    partial = tmp_path / "export"
+    shutil.copytree(export_dir, partial)
+    (partial / "model_float32.tflite").unlink()
+    monkeypatch.setattr(classifiers, "int8_dot_product_isa", lambda: [])  # float32 first, but missing
+    assert inference.load_classifier(partial).path.name == "model_int8.tflite"
+    with pytest.raises(FileNotFoundError, match="no usable model .*model_float32.tflite"):
+        inference.load_classifier(partial, backend="float32")
+    (partial / "model_int8.tflite").unlink()  # only the SavedModel is left: auto runs it
+    assert isinstance(inference.load_classifier(partial), inference.SavedModelClassifier)
 
 
 def test_class_names_fallbacks(export_dir, tmp_path):
