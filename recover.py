@@ -1,6 +1,6 @@
 """Rebuilds the Keras model of an export as a .keras file or a run directory (fer_tf/recover.py).
 
-    python recover.py --export=models/fer2013 --output=runs/release_fer2013_v13
+    python recover.py --export=models/fer2013 --output=runs/release_fer2013_v23
 
 The rebuilt model is checked against the export's own answers before it is
 written; a directory also gets the run files (run_info.json, flags.txt,
