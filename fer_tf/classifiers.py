@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+# The TFLite files of an export dir (DESIGN.md contract 4); export_lib writes them under these names.
+INT8_FILE, FLOAT32_FILE = "model_int8.tflite", "model_float32.tflite"
+
 
 def default_model_path() -> Path:
     """The shipped release model: `models/fer2013/` at the repository root."""
@@ -271,7 +274,7 @@ def _input_spec(export_dir: Path) -> tuple[int, int]:
         return int(shape[-3]), int(shape[-1])
     if isinstance(shape, int):
         return shape, int(meta.get("channels", 1))
-    tflite = export_dir / "model_float32.tflite"
+    tflite = export_dir / FLOAT32_FILE
     if tflite.is_file():
         shape = tflite_interpreter(tflite).get_input_details()[0]["shape"]
         return int(shape[1]), int(shape[3])
@@ -287,7 +290,6 @@ def _tensorflow_installed() -> bool:
 # float32 ones; on an AVX2-only EPYC the release's float32 file took 9% less time than its int8
 # file, a slimmed network's 23% less (MODEL_CARD.md, Latency).
 INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp", "i8mm")
-INT8_FILE, FLOAT32_FILE = "model_int8.tflite", "model_float32.tflite"
 BACKENDS = ("auto", "int8", "float32", "saved_model")
 
 

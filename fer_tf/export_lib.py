@@ -38,12 +38,13 @@ import numpy as np
 import tensorflow as tf
 
 from fer_tf import cli, data, metrics, outdir, quantize, runs
+from fer_tf.classifiers import FLOAT32_FILE, INT8_FILE
 from fer_tf.predict import LABELS_FILE, METADATA_FILE, SAVED_MODEL_DIR, SavedModelPredictor, TFLitePredictor
 
 TFLITE_FILES = {
-    "float32": "model_float32.tflite",
+    "float32": FLOAT32_FILE,
     "float16": "model_float16.tflite",
-    "int8": "model_int8.tflite",
+    "int8": INT8_FILE,
 }
 DEFAULT_PARITY_THRESHOLD = 0.98  # int8 top-1 agreement with the SavedModel
 # Float variants differ from the SavedModel only by rounding, so only near-ties
