@@ -156,14 +156,23 @@ def vgg(
     dropout: float = 0.5,
     width: float = 0.5,
     dense_units: int | None = None,
+    head: str = "flatten",
     weight_decay: float = 0.0,
 ) -> keras.Model:
     """VGG-style net of Khaireddin & Chen 2021 (73.3% on FER2013 at full width).
 
     Four stages of 2 x (3x3 conv, BN, ReLU) + 2x2 max-pool with 64/128/256/512
-    filters times `width`, then two dense layers of `dense_units` (default
-    1024 x `width`; the paper used 4096) and the classifier.
+    filters times `width`, then the head:
+
+    - "flatten" (the paper's): the 3x3 map flattened, two dense layers of
+      `dense_units` (default 1024 x `width`; the paper used 4096) and the
+      classifier; most parameters sit in the first dense layer.
+    - "gap": global average pooling, `dropout` and the classifier, as in
+      FERNet and ResNet: fully convolutional, so it runs at any input size
+      (0.6x the parameters at width 0.5, and no dense bottleneck to train).
     """
+    if head not in ("flatten", "gap"):
+        raise ValueError(f"unknown vgg head {head!r}; valid: flatten, gap")
     reg = _l2(weight_decay)
     dense_units = dense_units or _channels(1024, width)
     inputs, x = _input(input_shape)
@@ -171,6 +180,9 @@ def vgg(
         for i in (1, 2):
             x = _conv_bn(x, _channels(filters, width), 3, f"stage{stage}_{i}", reg=reg)
         x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
+    if head == "gap":
+        x = layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inputs, _dense_head(x, num_classes, dropout, reg), name="vgg")
     x = layers.Flatten(name="flatten")(x)
     for i in (1, 2):
         x = layers.Dense(dense_units, activation="relu", kernel_regularizer=reg, name=f"fc{i}")(x)

@@ -74,6 +74,20 @@ def test_width_and_depth_scale_fernet():
     assert model_tools.count_flops(shallow) < model_tools.count_flops(base)
 
 
+def test_vgg_gap_head_pools_globally_and_runs_at_any_size():
+    flat = models.build_model("vgg", 7, width=0.5)
+    gap = models.build_model("vgg", 7, width=0.5, head="gap")
+    names = {layer.name for layer in gap.layers}
+    assert "gap" in names and not names & {"flatten", "fc1", "fc2"}
+    # Same convolutions; only the dense layers (3x3x256 -> 512 -> 512) are gone.
+    assert flat.count_params() - gap.count_params() > 1.4e6
+    larger = models.build_model("vgg", 7, (56, 56, 1), width=0.5, head="gap")
+    assert larger.count_params() == gap.count_params()
+    assert tuple(larger(np.zeros((2, 56, 56, 1), np.float32), training=False).shape) == (2, 7)
+    with pytest.raises(ValueError, match="unknown vgg head 'avg'.*flatten, gap"):
+        models.build_model("vgg", 7, head="avg")
+
+
 def test_build_model_rejects_unknown_name_and_keyword():
     with pytest.raises(ValueError, match="fernet.*mini_xception"):
         models.build_model("alexnet", 7)
