@@ -169,7 +169,7 @@ def vgg(
       classifier; most parameters sit in the first dense layer.
     - "gap": global average pooling, `dropout` and the classifier, as in
       FERNet and ResNet: fully convolutional, so it runs at any input size
-      (0.6x the parameters at width 0.5, and no dense bottleneck to train).
+      (0.45x the parameters at width 0.5, and no dense bottleneck to train).
     """
     if head not in ("flatten", "gap"):
         raise ValueError(f"unknown vgg head {head!r}; valid: flatten, gap")
