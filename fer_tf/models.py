@@ -174,7 +174,6 @@ def vgg(
     if head not in ("flatten", "gap"):
         raise ValueError(f"unknown vgg head {head!r}; valid: flatten, gap")
     reg = _l2(weight_decay)
-    dense_units = dense_units or _channels(1024, width)
     inputs, x = _input(input_shape)
     for stage, filters in enumerate((64, 128, 256, 512), start=1):
         for i in (1, 2):
@@ -184,6 +183,7 @@ def vgg(
         x = layers.GlobalAveragePooling2D(name="gap")(x)
         return keras.Model(inputs, _dense_head(x, num_classes, dropout, reg), name="vgg")
     x = layers.Flatten(name="flatten")(x)
+    dense_units = dense_units or _channels(1024, width)
     for i in (1, 2):
         x = layers.Dense(dense_units, activation="relu", kernel_regularizer=reg, name=f"fc{i}")(x)
         if i == 1 and dropout > 0:
